@@ -1,0 +1,49 @@
+"""The `avindex` command line.
+
+Subcommands live in the package that owns them and are imported only when chosen, so the daemon's
+runtime image (no torch) can run `avindex run` while `avindex train` pulls in torch on demand.
+A subcommand module provides `configure(parser)` and `main(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Order is the order shown in --help.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("avindex.training.cli_data", "build the AV-digits corpus or extract features to HDF5"),
+    "train": ("avindex.training.cli_train", "train VAE-CCA (or a baseline) on HDF5 features"),
+    "evaluate": ("avindex.training.cli_evaluate", "MAP / precision@k of a checkpoint; baselines"),
+}
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="avindex",
+        description="Audio-visual cross-modal indexing: train VAE-CCA encoders, export them to "
+        "ONNX and index media streams from Kafka into Qdrant.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == selected:
+            importlib.import_module(module_name).configure(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(selected if selected in SUBCOMMANDS else None)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[args.command][0])
+    return int(module.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
