@@ -1,0 +1,106 @@
+"""torch -> ONNX for the per-modality chains, with an fp16 variant and a parity check.
+
+The dynamo exporter (torch.export) is used because it keeps shape arithmetic symbolic: the
+front-ends pad short inputs by an amount computed from the input length, which the legacy
+tracer would freeze to the example's value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+OUTPUT_NAMES = ["embedding", "variance"]
+INPUT_NAMES = {"visual": ["frames", "num_frames"], "audio": ["waveform", "num_samples"]}
+
+
+def example_inputs(modality: str, decode: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Small example batch with different lengths per item (so nothing specialises on it)."""
+    gen = torch.Generator().manual_seed(0)
+    if modality == "visual":
+        s = int(decode["size"])
+        frames = torch.randint(0, 256, (2, 3, s, s, 3), generator=gen, dtype=torch.uint8)
+        return frames, torch.tensor([3, 2], dtype=torch.int64)
+    n = int(decode["sample_rate"] * 3)
+    wave = (torch.rand((2, n), generator=gen) - 0.5) * 0.2
+    return wave, torch.tensor([n, n // 2], dtype=torch.int64)
+
+
+def export_chain(chain: nn.Module, modality: str, decode: dict, path: Path) -> Path:
+    """Export one chain with dynamic batch and length axes; returns the written path."""
+    chain = chain.eval()
+    inputs = example_inputs(modality, decode)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    if modality == "visual":
+        time_dim = torch.export.Dim("time", min=1, max=4096)
+        shapes = ({0: batch, 1: time_dim}, {0: batch})
+    else:
+        samples = torch.export.Dim("samples", min=2, max=2**31 - 2)
+        shapes = ({0: batch, 1: samples}, {0: batch})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            chain,
+            inputs,
+            dynamo=True,
+            input_names=INPUT_NAMES[modality],
+            output_names=OUTPUT_NAMES,
+            dynamic_shapes=shapes,
+            opset_version=OPSET,
+            optimize=True,
+            verbose=False,
+        )
+    program.save(str(path), external_data=False)
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def convert_fp16(src: Path, dst: Path) -> Path:
+    """fp16 weights and activations inside, fp32/uint8/int64 at the inputs and outputs."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    # Reductions and exp/log on long spectrogram axes lose too much in fp16: keep them fp32.
+    keep = ["ReduceSum", "ReduceMean", "ReduceMax", "Exp", "Log", "Softplus", "CumSum", "Sqrt",
+            "Div", "Pow", "Sigmoid", "Range", "Less", "Cast", "Einsum"]
+    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=keep,
+                                         disable_shape_infer=True)
+    onnx.save(converted, str(dst))
+    return dst
+
+
+def onnx_session(path: Path, providers: list[str] | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+
+
+def parity(chain: nn.Module, path: Path, inputs: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """Largest |ONNX Runtime - PyTorch| of the embedding and of log(variance).
+
+    The variance is compared in log space: it is exp(logvar) and spans orders of magnitude, so
+    an absolute difference on it says nothing about the graph's correctness.
+    """
+    session = onnx_session(path)
+    names = [i.name for i in session.get_inputs()]
+    got = session.run(None, {n: x.numpy() for n, x in zip(names, inputs, strict=True)})
+    with torch.inference_mode():
+        mu, var = (t.numpy() for t in chain(*inputs))
+    return {
+        "embedding": float(np.abs(got[0] - mu).max()),
+        "log_variance": float(np.abs(np.log(got[1]) - np.log(var)).max()),
+    }

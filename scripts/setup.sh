@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One-time set-up, idempotent: Debian test data, a virtual environment with avindex and its
+# extras, and the aiSFX checkpoint (fetched as a wheel, never installed as a dependency).
+#   AVINDEX_EXTRAS  pip extras to install (default: cpu,train,test; use gpu,train for a GPU box)
+#   AVINDEX_VENV    where the virtual environment lives (default: .venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${AVINDEX_EXTRAS:-cpu,train,test}"
+venv="${AVINDEX_VENV:-.venv}"
+weights_dir="${AVINDEX_WEIGHTS_DIR:-$HOME/.cache/avindex}"
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+# Human speech for AV-digits (CC-BY-SA-3.0). Optional: without it the corpus uses eSpeak only.
+if ! ls /usr/share/asterisk/sounds/*/digits/7.wav >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing Debian asterisk-core-sounds-{en,es,fr,it}-wav"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav \
+      asterisk-core-sounds-fr-wav asterisk-core-sounds-it-wav >/dev/null) \
+      || say "WARNING: could not install asterisk sounds; AV-digits will use eSpeak voices only"
+  else
+    say "WARNING: asterisk-core-sounds-*-wav not installed (needs root + apt-get); eSpeak only"
+  fi
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  say "creating virtual environment $venv"
+  python3 -m venv "$venv"
+fi
+say "installing avindex[$extras] (torch 2.13.0 CPU comes from the local wheel when present)"
+"$venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+"$venv/bin/python" -m pip install -q -e ".[$extras]"
+
+# aiSFX weights (CC-BY-4.0): its package pins old numpy/librosa, so only the wheel file is kept.
+if ! ls "$weights_dir"/aisfx-*.whl >/dev/null 2>&1; then
+  say "fetching the aiSFX wheel into $weights_dir (no dependencies, not installed)"
+  mkdir -p "$weights_dir"
+  "$venv/bin/python" -m pip download -q --no-deps aisfx -d "$weights_dir" \
+    || say "WARNING: aiSFX weights unavailable; the aisfx front-end will explain how to get them"
+fi
+say "done"

@@ -1,0 +1,134 @@
+"""Front-ends: known outputs of pretrained weights, spectrogram maths, padding invariance."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avindex.daemon.media import VisualSpec, decode_media
+from avindex.training.frontends import (
+    build_audio_frontend,
+    build_visual_frontend,
+    default_audio_spec,
+    default_visual_spec,
+)
+from avindex.training.frontends.efficientnet import MissingWeightsError
+from avindex.training.frontends.spectrogram import PowerMelSpectrogram, mel_filterbank
+
+GRACE_HOPPER = (
+    Path(importlib.util.find_spec("matplotlib").origin).parent
+    / "mpl-data" / "sample_data" / "grace_hopper.jpg"
+)
+MILITARY_UNIFORM = 652  # ImageNet class of the matplotlib sample portrait
+
+
+@pytest.fixture(scope="module")
+def visual():
+    return build_visual_frontend(default_visual_spec(size=224))
+
+
+def test_efficientnet_weights_classify_a_real_photo(visual):
+    frames = decode_media(GRACE_HOPPER, VisualSpec(fps=1, size=224), None).frames  # (1, 224, ...)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    x = (x - visual.mean) / visual.std
+    with torch.inference_mode():
+        logits = visual.net(x)
+    assert int(logits.argmax()) == MILITARY_UNIFORM
+
+
+def test_visual_padding_does_not_change_an_item(visual):
+    gen = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (3, 4, 224, 224, 3), generator=gen, dtype=torch.uint8)
+    counts = torch.tensor([4, 2, 1])
+    with torch.inference_mode():
+        batch = visual(frames, counts)
+        alone = torch.cat([visual(frames[i : i + 1, : int(n)], counts[i : i + 1])
+                           for i, n in enumerate(counts)])
+    assert batch.shape == (3, 1280)
+    assert torch.allclose(batch, alone, atol=1e-4)
+
+
+def test_mel_filterbank_shapes_and_normalisation():
+    peak = mel_filterbank(16000, 512, 40, 0.0, 8000.0)
+    assert peak.shape == (40, 257)
+    assert (peak.max(axis=1) <= 1.0).all() and (peak.max(axis=1) > 0.5).all()  # triangles
+    assert (peak.sum(axis=1) > 0).all()  # no empty band
+    unit = mel_filterbank(16000, 512, 40, 0.0, 8000.0, unit_sum=True)
+    assert np.allclose(unit.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_power_spectrogram_matches_numpy_fft():
+    rng = np.random.default_rng(0)
+    wave = rng.standard_normal(2000).astype(np.float32)
+    spec = PowerMelSpectrogram(16000, 256, 100, 8, 0.0, 8000.0)
+    spec.mel = torch.eye(129)[:, :]  # identity "filterbank" to read the raw power spectrum
+    power, frames = spec(torch.from_numpy(wave)[None], torch.tensor([2000]))
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(256) / 256)
+    expected = np.abs(np.fft.rfft(wave[300:556] * window)) ** 2  # frame 3 starts at 3 * hop
+    assert int(frames[0]) == (2000 - 256) // 100 + 1
+    assert np.allclose(power[0, :, 3].numpy(), expected, rtol=1e-3, atol=1e-2)
+
+
+def test_logmel_padding_invariance_and_loudness_invariance():
+    frontend = build_audio_frontend(default_audio_spec("logmel"))
+    gen = torch.Generator().manual_seed(1)
+    wave = torch.randn((3, 24000), generator=gen) * 0.1
+    counts = torch.tensor([24000, 9000, 300])
+    with torch.inference_mode():
+        batch = frontend(wave, counts)
+        alone = torch.cat([frontend(wave[i : i + 1, : int(n)], counts[i : i + 1])
+                           for i, n in enumerate(counts)])
+        louder = frontend(wave[:1] * 4.0, counts[:1])
+    assert batch.shape == (3, frontend.output_dim)
+    assert torch.allclose(batch, alone, atol=1e-4)
+    assert torch.allclose(louder, batch[:1], atol=1e-3)  # gain is normalised away
+
+
+def test_logmel_tells_word_order_apart():
+    """Two tones in opposite order share mean/std but differ in the segment means."""
+    sr = 16000
+    t = np.arange(sr // 2) / sr
+    low, high = np.sin(2 * np.pi * 300 * t), np.sin(2 * np.pi * 2000 * t)
+    a = torch.tensor(np.concatenate([low, high]), dtype=torch.float32)[None] * 0.3
+    b = torch.tensor(np.concatenate([high, low]), dtype=torch.float32)[None] * 0.3
+    frontend = build_audio_frontend(default_audio_spec("logmel"))
+    n = torch.tensor([sr])
+    with torch.inference_mode():
+        fa, fb = frontend(a, n), frontend(b, n)
+    m = 64
+    assert torch.allclose(fa[:, :m], fb[:, :m], atol=0.25)  # same weighted mean spectrum
+    assert (fa[:, 2 * m :] - fb[:, 2 * m :]).abs().max() > 1.0  # different order
+
+
+def _aisfx_or_skip():
+    try:
+        return build_audio_frontend(default_audio_spec("aisfx"))
+    except MissingWeightsError as exc:  # scripts/setup.sh fetches them; say so if it could not
+        pytest.skip(f"aiSFX weights unavailable here: {exc}")
+
+
+def test_aisfx_loads_its_checkpoint_and_ignores_padding():
+    frontend = _aisfx_or_skip()
+    gen = torch.Generator().manual_seed(2)
+    wave = torch.randn((2, 44100 * 3), generator=gen) * 0.1
+    counts = torch.tensor([44100 * 3, 44100])
+    with torch.inference_mode():
+        batch = frontend(wave, counts)
+        alone = frontend(wave[1:, :44100], counts[1:])
+    assert batch.shape == (2, 512)
+    assert torch.allclose(batch[1:], alone, atol=1e-4)
+    assert float(batch.abs().sum()) > 0
+
+
+def test_missing_aisfx_weights_name_what_to_install(monkeypatch, tmp_path):
+    from avindex.training.frontends import aisfx
+
+    monkeypatch.setenv("AVINDEX_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.delenv("AVINDEX_AISFX_CHECKPOINT", raising=False)
+    monkeypatch.setattr(aisfx.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(MissingWeightsError, match="pip download --no-deps aisfx"):
+        aisfx.read_aisfx_checkpoint()

