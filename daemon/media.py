@@ -51,6 +51,9 @@ class DecodeLimits:
     max_width: int = 4096
     max_height: int = 4096
     max_decoded_frames: int = 20_000
+    # FFmpeg codec names the decoder may run (None: any). Checked before decoding, so untrusted
+    # input never reaches a rarely used decoder.
+    allowed_codecs: frozenset[str] | None = None
 
 
 class MediaError(Exception):
@@ -82,14 +85,15 @@ class DecodedMedia:
 
 def decode_media(
     source: str | Path | bytes,
-    visual: VisualSpec | None = VisualSpec(),  # noqa: B008 (frozen dataclass, immutable)
-    audio: AudioSpec | None = AudioSpec(),  # noqa: B008
-    limits: DecodeLimits = DecodeLimits(),  # noqa: B008
+    visual: VisualSpec | None = VisualSpec(),  # frozen dataclasses: safe defaults
+    audio: AudioSpec | None = AudioSpec(),
+    limits: DecodeLimits = DecodeLimits(),
 ) -> DecodedMedia:
     """Decode a file path or in-memory bytes into sampled frames and resampled mono audio.
 
     Raises MediaError with a reason code ('empty', 'too_large', 'corrupt', 'no_streams',
-    'too_long', 'resolution', 'too_many_frames', 'no_decodable_stream') instead of crashing.
+    'too_long', 'resolution', 'too_many_frames', 'no_decodable_stream', 'unsupported_codec')
+    instead of crashing.
     """
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
@@ -127,6 +131,12 @@ def _decode_container(container, visual, audio, limits) -> DecodedMedia:
     a_stream = container.streams.audio[0] if container.streams.audio else None
     if v_stream is None and a_stream is None:
         raise MediaError("no_streams", "media has neither a video nor an audio stream")
+    if limits.allowed_codecs is not None:
+        for kind, stream, wanted in (("video", v_stream, visual), ("audio", a_stream, audio)):
+            if stream is not None and wanted is not None:
+                name = stream.codec_context.name
+                if name not in limits.allowed_codecs:
+                    raise MediaError("unsupported_codec", f"{kind} codec {name!r} is not allowed")
     duration = _container_duration(container)
     if duration is not None and duration > limits.max_duration_s:
         raise MediaError("too_long", f"duration {duration:.1f}s > limit {limits.max_duration_s}s")
@@ -183,11 +193,9 @@ def _decode_frames(container, stream, spec: VisualSpec, limits: DecodeLimits) ->
     picked: list[np.ndarray] = []
     next_t = 0.0
     step = 1.0 / spec.fps
-    n_decoded = 0
     t0: float | None = None
     for index, frame in enumerate(container.decode(stream)):
-        n_decoded += 1
-        if n_decoded > limits.max_decoded_frames:
+        if index >= limits.max_decoded_frames:
             raise MediaError("too_many_frames", f"more than {limits.max_decoded_frames} frames")
         if frame.pts is not None and frame.time_base is not None:
             t = float(frame.pts * frame.time_base)

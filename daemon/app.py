@@ -1,0 +1,244 @@
+"""`avindex run`: wire the daemon once, in order, and run it until a signal stops it.
+
+Order: settings -> logging -> probes (alive, not ready) -> model directory -> ONNX sessions ->
+warm-up at the largest batch -> Qdrant (collection, alias) -> dead-letter producer -> Kafka
+consumer -> pipeline threads -> main loop. Configuration errors (bad settings, a refused model
+directory, a collection that does not fit the model) end the process with exit code 2 and a
+message that names the problem. Unreachable Qdrant or Kafka at start-up is not a configuration
+error: the daemon keeps trying with back-off, says so in the log and answers /readyz with 503.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from avindex.daemon.deadletter import DeadLetterProducer
+from avindex.daemon.encoder import EncodeError, Encoder
+from avindex.daemon.health import Health
+from avindex.daemon.jsonlog import setup_logging
+from avindex.daemon.media import DecodeLimits
+from avindex.daemon.messages import Fetcher
+from avindex.daemon.metrics import Metrics
+from avindex.daemon.model_dir import ModelDirError, load_model_dir
+from avindex.daemon.pipeline import Pipeline
+from avindex.daemon.probes import ProbeServer
+from avindex.daemon.retry import Aborted, Backoff, retry
+from avindex.daemon.runner import Runner
+from avindex.daemon.settings import Settings, SettingsError, load_settings
+from avindex.daemon.sink import CollectionMismatchError, QdrantSink, is_transient, make_client
+from avindex.daemon.source import KafkaSource
+
+__all__ = ["Daemon", "configure", "main"]
+
+log = logging.getLogger("avindex.daemon")
+
+EXIT_CONFIG = 2
+EXIT_STARTUP_TIMEOUT = 3
+
+
+class ConfigurationError(RuntimeError):
+    """A dependency answered but refused us (credentials, permissions): retrying cannot help."""
+
+
+class StartupTimeoutError(RuntimeError):
+    """A dependency stayed unreachable for longer than allowed at start-up."""
+
+
+class Daemon:
+    """One indexing daemon. `run()` blocks; `request_stop()` is what a signal does.
+
+    `qdrant_client` lets tests share one local-mode client between daemons or put a fault
+    injector in front of it; production builds its client from the settings.
+    """
+
+    def __init__(self, settings: Settings, *, qdrant_client: Any = None) -> None:
+        self.settings = settings
+        self.stop = threading.Event()
+        self.force = threading.Event()
+        self.health = Health(stale_s=settings.http.health_stale_s)
+        self.metrics = Metrics()
+        self._qdrant_client = qdrant_client
+        self.probes: ProbeServer | None = None
+        self.runner: Runner | None = None
+        self.sink: QdrantSink | None = None
+        self.started = threading.Event()  # the main loop is about to run (tests wait on it)
+
+    def request_stop(self) -> None:
+        """First call: graceful stop. Second call: force (skip the drain)."""
+        if self.stop.is_set():
+            self.force.set()
+        self.stop.set()
+
+    @property
+    def http_port(self) -> int | None:
+        return self.probes.port if self.probes else None
+
+    # --------------------------------------------------------------------------------- run
+    def run(self) -> int:
+        s = self.settings
+        if s.http.enabled:
+            self.probes = ProbeServer(s.http.host, s.http.port, self.health, self.metrics)
+            self.probes.start()
+            log.info("probes on http://%s:%d (/metrics /healthz /readyz)", s.http.host,
+                     self.probes.port, extra={"fields": {"http_port": self.probes.port}})
+        closers: list[Callable[[], None]] = []
+        try:
+            return self._run(closers)
+        except (SettingsError, ModelDirError, EncodeError, CollectionMismatchError,
+                ConfigurationError) as exc:
+            log.error("cannot start: %s", exc, extra={"fields": {"error": type(exc).__name__}})
+            return EXIT_CONFIG
+        except StartupTimeoutError as exc:
+            log.error("cannot start: %s", exc)
+            return EXIT_STARTUP_TIMEOUT
+        except Aborted:
+            log.info("stopped during start-up")
+            return 0
+        finally:
+            for close in reversed(closers):
+                close()
+            if self.probes is not None:
+                self.probes.stop()
+
+    def _run(self, closers: list[Callable[[], None]]) -> int:
+        s = self.settings
+        self.health.set(stage="model")
+        model = load_model_dir(s.model.dir)
+        encoder = Encoder(model, device=s.model.device, tensorrt=s.model.tensorrt,
+                          fp16=s.model.fp16, cuda_device_id=s.model.cuda_device_id,
+                          intra_op_threads=s.model.intra_op_threads, max_batch=s.model.max_batch)
+        self.metrics.model.info({"model_id": model.model_id, "model_version": model.model_version,
+                                 "embedding_dim": str(model.embedding_dim),
+                                 "modalities": ",".join(model.graphs)})
+        for modality, provider in encoder.providers.items():
+            self.metrics.provider.labels(modality, provider).set(1)
+        self._check_stop()
+        timings = encoder.warm_up()
+        self.health.set(warmed_up=True, last_inference_ok=True)
+        log.info("model %s (%s) warmed up at batch %d", model.model_id, model.model_version,
+                 s.model.max_batch, extra={"fields": {"providers": encoder.providers,
+                                                      "warmup_s": timings}})
+
+        self._check_stop()
+        self.health.set(stage="qdrant")
+        client = self._qdrant_client or make_client(s.qdrant)
+        self.sink = sink = QdrantSink(
+            client, model_version=model.model_version, embedding_dim=model.embedding_dim,
+            distance=model.distance, modalities=list(model.graphs),
+            collection_prefix=s.qdrant.collection_prefix, alias=s.qdrant.alias,
+            alias_policy=s.qdrant.alias_policy, shard_number=s.qdrant.shard_number,
+            replication_factor=s.qdrant.replication_factor)
+        if self._qdrant_client is None:
+            closers.append(sink.close)
+        try:
+            self._until_reachable("Qdrant", self._qdrant_target(), sink.connect, is_transient)
+        except (Aborted, StartupTimeoutError, CollectionMismatchError):
+            raise
+        except Exception as exc:  # answered, but refused: wrong API key, forbidden, bad request
+            raise ConfigurationError(f"Qdrant at {self._qdrant_target()} refused the collection "
+                                     f"bootstrap: {type(exc).__name__}: {exc}") from exc
+        self.health.set(qdrant_ok=True, qdrant_error=None)
+
+        self._check_stop()
+        self.health.set(stage="kafka")
+        dead_letters = DeadLetterProducer(s.kafka)
+        closers.append(dead_letters.close)
+        acks: queue.SimpleQueue = queue.SimpleQueue()
+        pipeline = Pipeline(
+            model=model, encoder=encoder, sink=sink, dead_letters=dead_letters,
+            fetcher=Fetcher(s.media.allowed_roots, s.media.allowed_hosts, s.media.http_timeout_s,
+                            s.media.max_bytes),
+            limits=DecodeLimits(max_bytes=s.media.max_bytes, max_duration_s=s.media.max_duration_s,
+                                max_width=s.media.max_width, max_height=s.media.max_height,
+                                max_decoded_frames=s.media.max_decoded_frames,
+                                allowed_codecs=frozenset(s.media.allowed_codecs) or None),
+            metrics=self.metrics, health=self.health, on_done=acks.put,
+            intake_size=s.kafka.max_in_flight + s.kafka.max_poll_records,
+            embed_queue=s.pipeline.embed_queue,
+            decode_workers=s.media.decode_workers, max_batch=s.model.max_batch,
+            batch_max_wait_s=s.pipeline.batch_max_wait_ms / 1000,
+            backoff=self._backoff(), metadata_max_bytes=s.media.metadata_max_bytes)
+        source = KafkaSource(s.kafka)
+        self.runner = runner = Runner(s, source, pipeline, acks, self.metrics, self.health,
+                                      self.stop, self.force)
+        source.connect(runner.on_revoked, runner.on_assigned)
+        closers.append(source.close)  # idempotent; the runner closes it first on a normal stop
+        self._until_reachable("Kafka", ",".join(s.kafka.bootstrap_servers),
+                              lambda: source.bootstrap(timeout_s=5.0), lambda exc: True)
+        self.health.set(broker_ok=True)
+        pipeline.start()
+        log.info("consuming %s as group %s", s.kafka.topics, s.kafka.group_id)
+        self.started.set()
+        return runner.run()
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Aborted()
+
+    def _backoff(self) -> Backoff:
+        return Backoff(self.settings.pipeline.retry_initial_s, self.settings.pipeline.retry_max_s)
+
+    def _qdrant_target(self) -> str:
+        q = self.settings.qdrant
+        return q.url or (f"path {q.path}" if q.path else f"location {q.location}")
+
+    def _until_reachable(self, name: str, target: str, call: Callable[[], None],
+                         transient: Callable[[BaseException], bool]) -> None:
+        """Start-up calls retried with back-off until they work, a stop, or the time limit."""
+        limit = self.settings.pipeline.startup_timeout_s
+        started = time.monotonic()
+
+        def on_failure(exc: BaseException, attempt: int, delay: float) -> None:
+            self.health.beat()
+            fact = "qdrant_error" if name == "Qdrant" else "broker_error"
+            self.health.set(**{fact: f"{type(exc).__name__}: {exc}"[:300],
+                               ("qdrant_ok" if name == "Qdrant" else "broker_ok"): False})
+            log.error("%s at %s is unreachable (%s: %s); retrying in %.1fs (not ready meanwhile)",
+                      name, target, type(exc).__name__, str(exc).splitlines()[0][:200], delay)
+            if limit and time.monotonic() - started > limit:
+                raise StartupTimeoutError(f"{name} at {target} unreachable for over {limit}s")
+
+        retry(call, is_transient=transient, backoff=self._backoff(), stop=self.stop,
+              on_failure=on_failure)
+
+
+# ------------------------------------------------------------------------------------- CLI
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML/TOML/JSON settings file (default: $AVINDEX_CONFIG); "
+                        "AVINDEX_<SECTION>_<FIELD> environment variables override it")
+
+
+def install_signal_handlers(daemon: Daemon) -> None:
+    """SIGTERM/SIGINT only set flags: the first asks for a drain, the second forces exit."""
+
+    def handler(signum, frame) -> None:
+        daemon.request_stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        settings, warnings = load_settings(getattr(args, "config", None))
+    except SettingsError as exc:
+        setup_logging("INFO", "json")
+        log.error("invalid settings: %s", exc)
+        return EXIT_CONFIG
+    setup_logging(settings.log.level, settings.log.format)
+    for warning in warnings:
+        log.warning(warning)
+    log.info("avindex daemon starting", extra={"fields": {"settings": settings.redacted()}})
+    daemon = Daemon(settings)
+    install_signal_handlers(daemon)
+    code = daemon.run()
+    log.info("avindex daemon exiting with code %d", code)
+    return code

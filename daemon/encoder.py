@@ -1,0 +1,224 @@
+"""ONNX Runtime sessions for the model directory's graphs: batch embedding with zero padding.
+
+One session per modality. The execution provider is chosen once (TensorRT when configured, then
+CUDA, then CPU) and what ONNX Runtime actually registered is reported, because a CUDA provider
+that fails to initialise silently leaves only the CPU. Healthy means the last inference worked.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from avindex.daemon.model_dir import ModelDir
+
+__all__ = ["Embeddings", "EncodeError", "Encoder", "choose_providers"]
+
+log = logging.getLogger(__name__)
+
+TRT = "TensorrtExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+# Inputs each graph must have (docs/model-directory.md) and the dtypes the daemon feeds.
+EXPECTED_INPUTS = {
+    "visual": {"frames": "tensor(uint8)", "num_frames": "tensor(int64)"},
+    "audio": {"waveform": ("tensor(float)", "tensor(float16)"), "num_samples": "tensor(int64)"},
+}
+OUTPUTS = ("embedding", "variance")
+
+
+class EncodeError(RuntimeError):
+    """The model cannot be run as the manifest describes (a deployment problem, not an item's)."""
+
+
+@dataclass
+class Embeddings:
+    """Per item: the embedding (the VAE mean) and its variance, both float32 [n, dim]."""
+
+    embedding: np.ndarray
+    variance: np.ndarray
+
+
+def choose_providers(
+    available: Sequence[str], device: str, tensorrt: bool, device_id: int = 0, fp16: bool = False
+) -> tuple[list, list[str]]:
+    """Providers to request, best first, and notes explaining any fallback.
+
+    Pure so it can be tested without a GPU: `available` is `ort.get_available_providers()`.
+    """
+    wanted: list = []
+    notes: list[str] = []
+    if device in ("auto", "cuda"):
+        if tensorrt:
+            if TRT in available:
+                wanted.append((TRT, {"device_id": device_id, "trt_fp16_enable": fp16}))
+            else:
+                notes.append("TensorRT was requested but this onnxruntime build has no "
+                             "TensorrtExecutionProvider")
+        if CUDA in available:
+            wanted.append((CUDA, {"device_id": device_id}))
+        elif device == "cuda" or tensorrt:
+            notes.append("CUDA was requested but this onnxruntime build has no "
+                         "CUDAExecutionProvider (install the `gpu` extra, not `cpu`); using CPU")
+    wanted.append(CPU)
+    return wanted, notes
+
+
+def _provider_name(entry) -> str:
+    return entry[0] if isinstance(entry, tuple) else entry
+
+
+class Encoder:
+    """Embeds batches of decoded frames or waveforms with the model directory's graphs."""
+
+    def __init__(
+        self,
+        model: ModelDir,
+        *,
+        device: str = "auto",
+        tensorrt: bool = False,
+        fp16: bool = False,
+        cuda_device_id: int = 0,
+        intra_op_threads: int = 0,
+        max_batch: int = 32,
+    ) -> None:
+        self.model = model
+        self.max_batch = max_batch
+        self.providers: dict[str, str] = {}
+        self._sessions: dict[str, ort.InferenceSession] = {}
+        self._lock = threading.Lock()
+        self.last_ok: bool | None = None  # None until the first inference
+        self.last_error: str | None = None
+        self.last_time = 0.0
+
+        wanted, notes = choose_providers(ort.get_available_providers(), device, tensorrt,
+                                         cuda_device_id, fp16)
+        for note in notes:
+            log.warning(note)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if intra_op_threads > 0:
+            options.intra_op_num_threads = intra_op_threads
+        on_gpu = _provider_name(wanted[0]) != CPU
+        for name, graph in model.graphs.items():
+            path = graph.fp16_path if (fp16 and on_gpu and graph.fp16_path) else graph.path
+            try:
+                session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+            except Exception as exc:  # onnxruntime raises its own untyped errors
+                raise EncodeError(f"{name}: ONNX Runtime cannot load {path.name}: {exc}") from exc
+            self._check_signature(name, session)
+            used = session.get_providers()[0]
+            if used != _provider_name(wanted[0]):
+                log.warning("%s: %s was requested but ONNX Runtime fell back to %s", name,
+                            _provider_name(wanted[0]), used)
+            self.providers[name] = used
+            self._sessions[name] = session
+            log.info("%s graph %s loaded on %s", name, path.name, used,
+                     extra={"fields": {"modality": name, "provider": used, "file": path.name}})
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self._sessions)
+
+    def _check_signature(self, name: str, session: ort.InferenceSession) -> None:
+        inputs = {i.name: i.type for i in session.get_inputs()}
+        for input_name, dtypes in EXPECTED_INPUTS[name].items():
+            allowed = (dtypes,) if isinstance(dtypes, str) else dtypes
+            if inputs.get(input_name) not in allowed:
+                raise EncodeError(f"{name}: graph input {input_name!r} should be {allowed[0]}, "
+                                  f"graph has {inputs}")
+        outputs = {o.name: o.shape for o in session.get_outputs()}
+        for out in OUTPUTS:
+            if out not in outputs:
+                raise EncodeError(f"{name}: graph has no output {out!r} (has {list(outputs)})")
+            dim = outputs[out][-1] if outputs[out] else None
+            if isinstance(dim, int) and dim != self.model.embedding_dim:
+                raise EncodeError(f"{name}: output {out!r} has {dim} dimensions, manifest says "
+                                  f"{self.model.embedding_dim}")
+
+    # ----------------------------------------------------------------------------------- embed
+    def embed(self, modality: str, items: Sequence[np.ndarray]) -> Embeddings:
+        """Embed items of one modality, max_batch at a time; shapes [n, dim]."""
+        if not items:
+            dim = self.model.embedding_dim
+            return Embeddings(np.zeros((0, dim), np.float32), np.zeros((0, dim), np.float32))
+        parts = [self._run(modality, items[i : i + self.max_batch])
+                 for i in range(0, len(items), self.max_batch)]
+        return Embeddings(np.concatenate([p.embedding for p in parts]),
+                          np.concatenate([p.variance for p in parts]))
+
+    def _feeds(self, modality: str, items: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        lengths = np.array([len(x) for x in items], dtype=np.int64)
+        if lengths.min() < 1:
+            raise ValueError(f"{modality}: every item needs at least one frame/sample")
+        if modality == "visual":
+            first = items[0]
+            batch = np.zeros((len(items), int(lengths.max()), *first.shape[1:]), dtype=np.uint8)
+            for i, x in enumerate(items):
+                batch[i, : len(x)] = x
+            return {"frames": batch, "num_frames": lengths}
+        types = {i.name: i.type for i in self._sessions[modality].get_inputs()}
+        dtype = np.float16 if types["waveform"] == "tensor(float16)" else np.float32
+        batch = np.zeros((len(items), int(lengths.max())), dtype=dtype)
+        for i, x in enumerate(items):
+            batch[i, : len(x)] = x
+        return {"waveform": batch, "num_samples": lengths}
+
+    def _run(self, modality: str, items: Sequence[np.ndarray]) -> Embeddings:
+        session = self._sessions[modality]
+        feeds = self._feeds(modality, items)
+        try:
+            embedding, variance = session.run(list(OUTPUTS), feeds)
+        except Exception as exc:
+            self._record(False, f"{modality}: {exc}")
+            raise
+        embedding = np.asarray(embedding, dtype=np.float32)
+        variance = np.asarray(variance, dtype=np.float32)
+        expected = (len(items), self.model.embedding_dim)
+        if embedding.shape != expected or variance.shape != expected:
+            self._record(False, f"{modality}: output shape {embedding.shape} != {expected}")
+            raise EncodeError(f"{modality}: graph returned {embedding.shape}/{variance.shape}, "
+                              f"expected {expected}")
+        self._record(True, None)
+        return Embeddings(embedding, variance)
+
+    def _record(self, ok: bool, error: str | None) -> None:
+        with self._lock:
+            self.last_ok, self.last_error, self.last_time = ok, error, time.monotonic()
+
+    # --------------------------------------------------------------------------------- warm-up
+    def warm_up(self) -> dict[str, float]:
+        """Run every graph once at the largest batch and longest input; returns seconds each.
+
+        The first run allocates memory and (on GPUs) builds kernels or TensorRT engines, so it
+        happens before the first message rather than inside someone's latency budget.
+        """
+        timings = {}
+        for modality in self._sessions:
+            items = [self.max_input(modality)] * self.max_batch
+            start = time.perf_counter()
+            self.embed(modality, items)
+            timings[modality] = time.perf_counter() - start
+        return timings
+
+    def max_input(self, modality: str) -> np.ndarray:
+        """The longest input the decoder can produce for a modality (zeros)."""
+        if modality == "visual":
+            spec = self.model.visual_spec()
+            assert spec is not None
+            return np.zeros((spec.max_frames, spec.size, spec.size, 3), np.uint8)
+        spec_a = self.model.audio_spec()
+        assert spec_a is not None
+        return np.zeros(int(spec_a.max_seconds * spec_a.sample_rate), np.float32)
+
+    @property
+    def healthy(self) -> bool:
+        """The last inference worked (True before the first one only after warm-up ran)."""
+        return bool(self.last_ok)

@@ -1,0 +1,218 @@
+"""The main loop: poll, hand messages to the pipeline, checkpoint, commit, pause, shut down.
+
+Runs on one thread, the only one that touches the Kafka consumer. Each turn it
+1. records finished messages (acknowledgements queued by the pipeline threads),
+2. commits the offsets the checkpoint allows (every `commit_interval_s`),
+3. pauses partitions when too much is in flight and resumes them when it drains,
+4. polls (always, even with every partition paused, so the group keeps us), and
+5. submits what it got.
+
+Stopping (first SIGTERM/SIGINT): intake stops, in-flight work gets `shutdown_deadline_s` to
+finish, what is left is dropped (never committed, redelivered later), finished offsets are
+committed and the consumer leaves the group; exit code 0. A second signal skips the wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+
+from kafka.errors import KafkaError
+
+from avindex.daemon.health import Health
+from avindex.daemon.metrics import Metrics
+from avindex.daemon.offsets import OffsetTracker, Token
+from avindex.daemon.pipeline import Job, Pipeline
+from avindex.daemon.settings import Settings
+from avindex.daemon.source import KafkaSource, TopicPartition
+
+__all__ = ["Runner"]
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.1
+LAG_INTERVAL_S = 1.0
+
+
+class Runner:
+    """Owns the consumer, the offset checkpoint and the stop sequence."""
+
+    def __init__(self, settings: Settings, source: KafkaSource, pipeline: Pipeline,
+                 acks: queue.SimpleQueue, metrics: Metrics, health: Health,
+                 stop: threading.Event, force: threading.Event) -> None:
+        self.settings, self.source, self.pipeline = settings, source, pipeline
+        self.acks, self.metrics, self.health = acks, metrics, health
+        self.stop, self.force = stop, force
+        self.tracker = OffsetTracker()
+        self._last_commit = 0.0
+        self._last_lag = 0.0
+        self._saturated = False  # global in-flight cap reached; cleared at 3/4
+        self._stopping = False
+
+    # -------------------------------------------------------------------------------- loop
+    def run(self) -> int:
+        """Until a stop is requested; then drain and return the exit code."""
+        self.health.set(stage="running")
+        while not self.stop.is_set():
+            if self.pipeline.crashed:
+                log.error("stopping: %s", self.pipeline.crashed)
+                self.stop.set()
+                break
+            self._turn(intake=True)
+        return self._shutdown()
+
+    def _turn(self, intake: bool) -> None:
+        self.health.beat()
+        self._drain_acks()
+        self._commit(force=False)
+        headroom = self._backpressure() if intake else 0
+        if not intake:
+            self.source.pause(self.source.assignment())
+        records = self.source.poll(POLL_S, max_records=max(1, headroom))
+        self.health.set(broker_ok=self.source.connected())
+        if records and not intake:
+            # only possible when a rebalance inside poll() assigned new partitions; they are
+            # paused in on_assigned, and anything untracked is simply not committed.
+            log.info("dropping %d records fetched while stopping", len(records))
+            records = []
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            try:
+                token = self.tracker.track(tp, r.offset)
+            except ValueError:
+                # The position moved backwards (offset reset or seek): start a new checkpoint;
+                # late acks of the old one are ignored and re-read messages are processed again.
+                log.warning("%s/%d went back to offset %d; restarting its checkpoint", r.topic,
+                            r.partition, r.offset)
+                self.tracker.assign(tp)
+                token = self.tracker.track(tp, r.offset)
+            self.metrics.consumed.labels(r.topic).inc()
+            self.pipeline.submit(Job(record=r, token=token))
+        self._gauges()
+
+    def _drain_acks(self) -> None:
+        while True:
+            try:
+                token: Token = self.acks.get_nowait()
+            except queue.Empty:
+                return
+            self.tracker.finish(token)  # False for a revoked assignment: nothing to do
+
+    def _commit(self, force: bool, partitions=None) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_commit < self.settings.kafka.commit_interval_s:
+            return
+        self._last_commit = now
+        offsets = self.tracker.to_commit(partitions)
+        if not offsets:
+            return
+        try:
+            self.source.commit(offsets)
+        except KafkaError as exc:  # rebalance in progress, coordinator moved: try again later
+            self.metrics.failures.labels("commit", type(exc).__name__).inc()
+            log.warning("offset commit failed (%s); will retry", exc)
+            return
+        self.tracker.mark_committed(offsets)
+        self.metrics.commits.inc()
+        log.debug("committed %s", {f"{tp.topic}/{tp.partition}": o for tp, o in offsets.items()})
+
+    def _backpressure(self) -> int:
+        """Pause/resume partitions by in-flight counts; returns how many records may be taken."""
+        k = self.settings.kafka
+        total = self.pipeline.pending
+        if total >= k.max_in_flight:
+            self._saturated = True
+        elif total <= k.max_in_flight * 3 // 4:
+            self._saturated = False
+        assigned, paused = self.source.assignment(), self.source.paused()
+        to_pause, to_resume = [], []
+        for tp in assigned:
+            n = self.tracker.in_flight(tp)
+            if self._saturated or n >= k.max_in_flight_per_partition:
+                if tp not in paused:
+                    to_pause.append(tp)
+            elif tp in paused and n <= k.max_in_flight_per_partition * 3 // 4:
+                to_resume.append(tp)
+        self.source.pause(to_pause)
+        self.source.resume(to_resume)
+        return max(0, min(k.max_poll_records, k.max_in_flight - total))
+
+    def _gauges(self) -> None:
+        m = self.metrics
+        m.in_flight.set(self.tracker.in_flight())
+        for name, depth in self.pipeline.depths().items():
+            m.queue_depth.labels(name).set(depth)
+        now = time.monotonic()
+        if now - self._last_lag < LAG_INTERVAL_S:
+            return
+        self._last_lag = now
+        assigned = self.source.assignment()
+        m.assigned_partitions.set(len(assigned))
+        m.paused_partitions.set(len(self.source.paused()))
+        for tp in assigned:
+            high = self.source.highwater(tp)
+            point = self.tracker.committed(tp)
+            if high is not None and point is not None:
+                m.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - point))
+
+    # --------------------------------------------------------------------------- rebalance
+    def on_revoked(self, partitions: list[TopicPartition]) -> None:
+        """Give revoked partitions' work a moment to finish, commit it, forget the rest."""
+        if not partitions:  # the first join of a group "revokes" nothing
+            return
+        self.metrics.rebalances.inc()
+        deadline = time.monotonic() + (0 if self.force.is_set()
+                                       else self.settings.kafka.revoke_drain_s)
+        while (any(self.tracker.in_flight(tp) for tp in partitions)
+               and time.monotonic() < deadline and not self.force.is_set()):
+            self._drain_acks()
+            time.sleep(0.05)
+        self._drain_acks()
+        self._commit(force=True, partitions=set(partitions))
+        for tp in partitions:
+            dropped = self.tracker.revoke(tp)
+            if dropped:
+                log.info("%s/%d revoked with %d messages in flight; the new owner redelivers "
+                         "them", tp.topic, tp.partition, dropped)
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+        log.info("partitions revoked: %s", _names(partitions))
+
+    def on_assigned(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.tracker.assign(tp)
+        if self.stop.is_set():
+            self.source.pause(partitions)
+        log.info("partitions assigned: %s", _names(partitions))
+
+    # ----------------------------------------------------------------------------- shutdown
+    def _shutdown(self) -> int:
+        deadline_s = self.settings.pipeline.shutdown_deadline_s
+        self.health.set(stage="stopping")
+        log.info("stopping: no new messages; draining %d in flight (deadline %.0fs)",
+                 self.tracker.in_flight(), deadline_s)
+        deadline = time.monotonic() + deadline_s
+        while (self.tracker.in_flight() and time.monotonic() < deadline
+               and not self.force.is_set()):
+            self._turn(intake=False)
+        self._drain_acks()
+        left = self.tracker.in_flight()
+        self.pipeline.abort()
+        self._commit(force=True)
+        if left:
+            log.warning("%s: dropped %d in-flight messages; they were not committed and will be "
+                        "redelivered (items already upserted are overwritten, not duplicated)",
+                        "forced exit" if self.force.is_set() else "shutdown deadline passed",
+                        left)
+        else:
+            log.info("drained: every taken message is indexed or dead-lettered and committed")
+        self.source.close()
+        self.pipeline.join(timeout_s=2.0)
+        return 1 if self.force.is_set() or self.pipeline.crashed else 0
+
+
+def _names(partitions) -> list[str]:
+    return sorted(f"{tp.topic}/{tp.partition}" for tp in partitions)

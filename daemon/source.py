@@ -1,0 +1,153 @@
+"""The Kafka side: a consumer with manual commits and pause/resume, and the shared client config.
+
+A thin adapter over kafka-python (used only from the runner's thread: the consumer is not
+thread-safe). It never commits by itself: `enable_auto_commit` is off and the runner commits the
+offsets its checkpoint allows. Rebalances are forwarded to the runner's hooks, which run inside
+`poll()` on the same thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.structs import OffsetAndMetadata
+
+from avindex.daemon.messages import Record
+from avindex.daemon.settings import KafkaSettings
+
+__all__ = ["KafkaSource", "TopicPartition", "client_config"]
+
+log = logging.getLogger(__name__)
+
+
+def client_config(s: KafkaSettings) -> dict[str, Any]:
+    """Connection and security settings shared by the consumer and the dead-letter producer."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": s.bootstrap_servers,
+        "client_id": s.client_id,
+        "request_timeout_ms": s.request_timeout_ms,
+        "security_protocol": s.security_protocol,
+    }
+    optional = {
+        "sasl_mechanism": s.sasl_mechanism,
+        "sasl_plain_username": s.sasl_username,
+        "sasl_plain_password": s.sasl_password,
+        "ssl_cafile": s.ssl_cafile,
+        "ssl_certfile": s.ssl_certfile,
+        "ssl_keyfile": s.ssl_keyfile,
+        "ssl_password": s.ssl_password,
+    }
+    config.update({k: v for k, v in optional.items() if v is not None})
+    if s.security_protocol in ("SSL", "SASL_SSL"):
+        config["ssl_check_hostname"] = s.ssl_check_hostname
+    return config
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, on_revoked, on_assigned) -> None:
+        self._on_revoked, self._on_assigned = on_revoked, on_assigned
+
+    def on_partitions_revoked(self, revoked):
+        self._on_revoked(list(revoked))
+
+    def on_partitions_assigned(self, assigned):
+        self._on_assigned(list(assigned))
+
+
+class KafkaSource:
+    """Consumer-group membership, polling, pausing and committing for the runner."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+        self._consumer: KafkaConsumer | None = None
+
+    def connect(self, on_revoked: Callable[[list[TopicPartition]], None],
+                on_assigned: Callable[[list[TopicPartition]], None]) -> None:
+        """Create the consumer and subscribe (the group join happens in the first polls).
+
+        The hooks run inside `poll()` when a rebalance takes partitions away or hands them over.
+        """
+        s = self.settings
+        fetch_bytes = max(s.max_message_bytes + 65536, 1048576)
+        self._consumer = KafkaConsumer(
+            **client_config(s),
+            group_id=s.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=s.auto_offset_reset,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            max_poll_interval_ms=s.max_poll_interval_ms,
+            max_poll_records=s.max_poll_records,
+            max_partition_fetch_bytes=fetch_bytes,
+            fetch_max_bytes=max(fetch_bytes, 52428800),
+        )
+        self._consumer.subscribe(s.topics, listener=_Listener(on_revoked, on_assigned))
+
+    @property
+    def consumer(self) -> KafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("KafkaSource.connect() was not called")
+        return self._consumer
+
+    def poll(self, timeout_s: float, max_records: int) -> list[Record]:
+        batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000),
+                                     max_records=max(1, max_records))
+        out = []
+        for records in batches.values():
+            for r in records:
+                out.append(Record(topic=r.topic, partition=r.partition, offset=r.offset,
+                                  key=r.key, value=r.value, headers=tuple(r.headers or ()),
+                                  timestamp_ms=r.timestamp))
+        return out
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.consumer.assignment())
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self.consumer.paused())
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        partitions = list(partitions)
+        if partitions:
+            self.consumer.pause(*partitions)
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        partitions = list(partitions)
+        if partitions:
+            self.consumer.resume(*partitions)
+
+    def commit(self, offsets: dict[TopicPartition, int], timeout_s: float = 10.0) -> None:
+        """Synchronous commit of "everything below offset is done" per partition."""
+        if offsets:
+            self.consumer.commit(
+                {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()},
+                timeout_ms=int(timeout_s * 1000))
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        """The partition's end offset as of the last fetch response (no extra request)."""
+        return self.consumer.highwater(tp)
+
+    def bootstrap(self, timeout_s: float) -> None:
+        """Block until cluster metadata arrived; raises KafkaTimeoutError when unreachable."""
+        self.consumer.bootstrap(timeout_ms=int(timeout_s * 1000))
+
+    def connected(self) -> bool:
+        """The group coordinator is known (kafka-python has no public call for this)."""
+        if self._consumer is None:
+            return False
+        try:
+            return not self._consumer._coordinator.coordinator_unknown()
+        except AttributeError:  # a client version without it: do not report a false outage
+            return True
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False)
+            except Exception:  # closing is best effort: the group will time us out anyway
+                log.exception("closing the Kafka consumer failed")
+            self._consumer = None
