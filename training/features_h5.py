@@ -33,7 +33,8 @@ class Split:
         n = len(self.labels)
         if len(self.visual) != n or len(self.audio) != n:
             raise ValueError(
-                f"split sizes differ: visual {len(self.visual)}, audio {len(self.audio)}, labels {n}"
+                f"split sizes differ: visual {len(self.visual)}, audio {len(self.audio)}, "
+                f"labels {n}"
             )
         if self.ids is not None and len(self.ids) != n:
             raise ValueError(f"{len(self.ids)} ids for {n} items")
