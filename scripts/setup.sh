@@ -24,6 +24,19 @@ if ! ls /usr/share/asterisk/sounds/*/digits/7.wav >/dev/null 2>&1; then
   fi
 fi
 
+# Tools for tests/test_deploy.py: systemd-analyze/systemd-sysusers (Debian systemd), promtool
+# (Debian prometheus). Missing tools make those tests skip locally and fail when CI is set.
+if ! command -v systemd-analyze >/dev/null || ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing Debian systemd and prometheus (systemd-analyze, promtool for deploy tests)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends systemd prometheus >/dev/null) \
+      || say "WARNING: could not install systemd/prometheus; deploy tests skip locally, fail in CI"
+  else
+    say "WARNING: systemd-analyze/promtool missing (needs root + apt-get); deploy tests skip"
+  fi
+fi
+
 if [ ! -x "$venv/bin/python" ]; then
   say "creating virtual environment $venv"
   python3 -m venv "$venv"

@@ -3,9 +3,12 @@ built once per test session and reused by the feature, export and daemon tests."
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before anything imports onnxruntime
 
 
 @pytest.fixture(scope="session")
