@@ -24,6 +24,7 @@ def build_default_model(
     n_test: int = 1000,
     fp16: bool = True,
     audio_frontend: str = "logmel",
+    epochs: int = 500,
 ) -> dict:
     from avindex.exporters.writer import export_model_dir
     from avindex.training.avdigits.build import build_corpus
@@ -47,6 +48,6 @@ def build_default_model(
     checkpoint = run_dir / "checkpoint.pt"
     if not checkpoint.is_file():
         log.info("step 3/4: training VAE-CCA")
-        train(load_features(features_h5), TrainConfig(seed=seed), run_dir)
+        train(load_features(features_h5), TrainConfig(seed=seed, epochs=epochs), run_dir)
     log.info("step 4/4: exporting to %s", out)
     return export_model_dir(checkpoint, out, fp16=fp16)

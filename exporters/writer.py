@@ -54,6 +54,8 @@ def frontend_specs(ckpt: dict) -> tuple[FrontendSpec, FrontendSpec]:
 def export_model_dir(checkpoint: Path, out: Path, fp16: bool = True,
                      model_id: str = "avindex-vaecca") -> dict:
     """Export both chains of `checkpoint` into `out` (replaced atomically); returns the manifest."""
+    if out.exists() and not (out / "manifest.json").is_file():
+        raise ValueError(f"{out} exists and is not a model directory; refusing to replace it")
     model, ckpt = load_checkpoint(checkpoint)
     model.eval()
     visual_spec, audio_spec = frontend_specs(ckpt)
