@@ -173,10 +173,18 @@ class Daemon:
         self._until_reachable("Kafka", ",".join(s.kafka.bootstrap_servers),
                               lambda: source.bootstrap(timeout_s=5.0), lambda exc: True)
         self.health.set(broker_ok=True)
+        self._before_run(source, runner)
         pipeline.start()
         log.info("consuming %s as group %s", s.kafka.topics, s.kafka.group_id)
         self.started.set()
-        return runner.run()
+        return self._after_run(runner.run())
+
+    def _before_run(self, source: KafkaSource, runner: Runner) -> None:
+        """Kafka is reachable, the pipeline not started yet (`avindex reindex` hooks in here)."""
+
+    def _after_run(self, code: int) -> int:
+        """The runner stopped and committed; Qdrant is still open (`avindex reindex`)."""
+        return code
 
     def _check_stop(self) -> None:
         if self.stop.is_set():

@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("avindex.training.cli_evaluate", "MAP / precision@k of a checkpoint; baselines"),
     "export": ("avindex.exporters.cli", "export a checkpoint (or the default model) to ONNX"),
     "run": ("avindex.daemon.app", "run the indexing daemon: Kafka -> decode -> ONNX -> Qdrant"),
+    "reindex": ("avindex.daemon.reindex", "re-index the topics into a new model's collection, "
+                "then optionally switch the alias"),
     "embed": ("avindex.daemon.embed", "print the embeddings of media files as JSON lines"),
 }
 

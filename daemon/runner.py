@@ -19,6 +19,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 from kafka.errors import KafkaError
 
@@ -51,6 +52,9 @@ class Runner:
         self._last_lag = 0.0
         self._saturated = False  # global in-flight cap reached; cleared at 3/4
         self._stopping = False
+        # `avindex reindex`: checked after every turn; True ends the loop like a graceful stop
+        self.done: Callable[[], bool] | None = None
+        self.finished = False  # the loop ended because `done` said so
 
     # -------------------------------------------------------------------------------- loop
     def run(self) -> int:
@@ -62,6 +66,9 @@ class Runner:
                 self.stop.set()
                 break
             self._turn(intake=True)
+            if self.done is not None and self.done():
+                self.finished = True
+                break
         return self._shutdown()
 
     def _turn(self, intake: bool) -> None:

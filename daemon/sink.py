@@ -194,6 +194,20 @@ class QdrantSink:
                         "re-indexing, or set qdrant.alias_policy=always)", self.alias, target,
                         self.collection)
             return
+        self._point_alias(target)
+
+    def switch_alias(self) -> None:
+        """Point the alias at this model's collection now, whatever the policy (re-index)."""
+        current = {a.alias_name: a.collection_name for a in self.client.get_aliases().aliases}
+        target = current.get(self.alias)
+        if target == self.collection:
+            log.info("alias %s already points to %s", self.alias, self.collection)
+            return
+        self._point_alias(target)
+
+    def _point_alias(self, target: str | None) -> None:
+        """One `update_collection_aliases` call: delete the alias (when it exists) and create
+        it on this collection, atomically, so queries never see it missing."""
         ops: list = []
         if target is not None:
             ops.append(models.DeleteAliasOperation(

@@ -131,6 +131,14 @@ class KafkaSource:
         """The partition's end offset as of the last fetch response (no extra request)."""
         return self.consumer.highwater(tp)
 
+    def committed(self, tp: TopicPartition, timeout_s: float = 2.0) -> int | None:
+        """The group's committed offset of a partition, asked from the coordinator."""
+        return self.consumer.committed(tp, timeout_ms=int(timeout_s * 1000))
+
+    def position(self, tp: TopicPartition, timeout_s: float = 1.0) -> int | None:
+        """Offset of the next record poll() would return for an assigned partition."""
+        return self.consumer.position(tp, timeout_ms=int(timeout_s * 1000))
+
     def bootstrap(self, timeout_s: float) -> None:
         """Block until cluster metadata arrived; raises KafkaTimeoutError when unreachable."""
         self.consumer.bootstrap(timeout_ms=int(timeout_s * 1000))

@@ -102,24 +102,56 @@ def setup(model_dir):
     return model, encoder, build
 
 
+class GatedEncoder:
+    """The real encoder, recording the size of every call; the first call waits for `gate` (so
+    decoded items pile up behind it whatever the scheduling)."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        self._encoder = encoder
+        self.gate = threading.Event()
+        self.calls: list[tuple[str, int]] = []
+
+    def embed(self, modality, items):
+        assert self.gate.wait(30), "gate never opened"
+        self.calls.append((modality, len(items)))
+        return self._encoder.embed(modality, items)
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
+
+
 def test_batches_span_messages_and_every_message_is_acknowledged_once(setup, clips):
-    _, _, build = setup
-    pipeline, jobs, acks, dead, client, sink, _ = build(clips[:40])
+    """While the encoder is busy, decoded items of other messages pile up; the next inference
+    call takes them together (up to max_batch), and each message is acknowledged exactly once.
+    The encoder is held at its first call until a full batch waits, so this does not depend on
+    decoding outrunning inference."""
+    _, encoder, build = setup
+    gated = GatedEncoder(encoder)
+    pipeline, jobs, acks, dead, client, sink, _ = build(clips[:40], gated)
     for job in jobs:
         pipeline.submit(job)
-    pipeline.start()  # everything is already waiting: batches fill up
+    pipeline.start()
     try:
+        wait_for(lambda: pipeline.depths()["embed"] >= pipeline.max_batch, 30,
+                 what="a full batch of decoded items waiting")
+        gated.gate.set()
         wait_for(lambda: len(acks) == 40, 30, what="40 acknowledgements")
         time.sleep(0.3)  # nothing more may arrive
     finally:
+        gated.gate.set()
         pipeline.abort()
         pipeline.join(5)
     assert len(acks) == 40 and len(set(acks)) == 40 and dead.sent == []
     assert pipeline.pending == 0
     assert client.count(sink.collection).count == 40
+    sizes = {m: [n for mod, n in gated.calls if mod == m] for m in ("visual", "audio")}
+    # every 10th clip has no audio and every 10th no video: 36 items of each modality
+    assert sum(sizes["audio"]) == 36 and sum(sizes["visual"]) == 36
+    assert max(sizes["audio"]) > 1 and max(sizes["visual"]) > 1  # calls span messages
+    assert max(max(sizes["audio"]), max(sizes["visual"])) <= pipeline.max_batch
     batches = pipeline.metrics.registry.get_sample_value(
         "avindex_inference_batch_size_count", {"modality": "audio"})
-    assert batches < 36  # several items per inference call
+    assert batches == len(sizes["audio"]) < 36  # several items per inference call
 
 
 def test_item_that_breaks_inference_is_dead_lettered_and_the_rest_indexed(setup, clips):
