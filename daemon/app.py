@@ -234,16 +234,24 @@ def install_signal_handlers(daemon: Daemon) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def main(args: argparse.Namespace) -> int:
+def settings_from_args(args: argparse.Namespace) -> Settings | None:
+    """Load the settings named by `--config`/env and set up logging; None when refused."""
     try:
         settings, warnings = load_settings(getattr(args, "config", None))
     except SettingsError as exc:
         setup_logging("INFO", "json")
         log.error("invalid settings: %s", exc)
-        return EXIT_CONFIG
+        return None
     setup_logging(settings.log.level, settings.log.format)
     for warning in warnings:
         log.warning(warning)
+    return settings
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if settings is None:
+        return EXIT_CONFIG
     log.info("avindex daemon starting", extra={"fields": {"settings": settings.redacted()}})
     daemon = Daemon(settings)
     install_signal_handlers(daemon)

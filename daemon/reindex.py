@@ -25,12 +25,12 @@ from avindex.daemon.app import (
     ConfigurationError,
     Daemon,
     install_signal_handlers,
+    settings_from_args,
 )
 from avindex.daemon.app import configure as configure_run
-from avindex.daemon.jsonlog import setup_logging
 from avindex.daemon.retry import Aborted, retry
 from avindex.daemon.runner import Runner
-from avindex.daemon.settings import KafkaSettings, Settings, SettingsError, load_settings
+from avindex.daemon.settings import KafkaSettings, Settings
 from avindex.daemon.sink import is_transient
 from avindex.daemon.source import KafkaSource, TopicPartition, client_config
 
@@ -194,15 +194,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        settings, warnings = load_settings(getattr(args, "config", None))
-    except SettingsError as exc:
-        setup_logging("INFO", "json")
-        log.error("invalid settings: %s", exc)
+    settings = settings_from_args(args)
+    if settings is None:
         return EXIT_CONFIG
-    setup_logging(settings.log.level, settings.log.format)
-    for warning in warnings:
-        log.warning(warning)
     daemon = Reindexer(settings, switch_alias=bool(getattr(args, "switch_alias", False)))
     log.info("avindex reindex starting", extra={"fields": {
         "settings": settings.redacted(), "switch_alias": daemon.switch_alias}})
