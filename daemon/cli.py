@@ -15,7 +15,8 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("avindex.training.cli_data", "build the AV-digits corpus or extract features to HDF5"),
     "train": ("avindex.training.cli_train", "train VAE-CCA (or a baseline) on HDF5 features"),
-    "evaluate": ("avindex.training.cli_evaluate", "MAP / precision@k of a checkpoint; baselines"),
+    "evaluate": ("avindex.training.cli_evaluate",
+                 "MAP / precision@k of a checkpoint or a model directory; baselines"),
     "export": ("avindex.exporters.cli", "export a checkpoint (or the default model) to ONNX"),
     "run": ("avindex.daemon.app", "run the indexing daemon: Kafka -> decode -> ONNX -> Qdrant"),
     "reindex": ("avindex.daemon.reindex", "re-index the topics into a new model's collection, "
