@@ -89,6 +89,7 @@ def export_model_dir(checkpoint: Path, out: Path, fp16: bool = True,
         manifest = _manifest(ckpt, model, modalities, model_id)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         load_model_dir(tmp)  # the daemon's own validation must accept what we wrote
+        tmp.chmod(0o755)  # mkdtemp makes 0700; a service user must be able to read the model
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
