@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from avindex.daemon.media import pad_batch
 from avindex.daemon.model_dir import ModelDir
 
 __all__ = ["Embeddings", "EncodeError", "Encoder", "choose_providers"]
@@ -155,20 +156,14 @@ class Encoder:
                           np.concatenate([p.variance for p in parts]))
 
     def _feeds(self, modality: str, items: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        lengths = np.array([len(x) for x in items], dtype=np.int64)
-        if lengths.min() < 1:
+        if min(len(x) for x in items) < 1:
             raise ValueError(f"{modality}: every item needs at least one frame/sample")
         if modality == "visual":
-            first = items[0]
-            batch = np.zeros((len(items), int(lengths.max()), *first.shape[1:]), dtype=np.uint8)
-            for i, x in enumerate(items):
-                batch[i, : len(x)] = x
+            batch, lengths = pad_batch(items, np.uint8)
             return {"frames": batch, "num_frames": lengths}
         types = {i.name: i.type for i in self._sessions[modality].get_inputs()}
         dtype = np.float16 if types["waveform"] == "tensor(float16)" else np.float32
-        batch = np.zeros((len(items), int(lengths.max())), dtype=dtype)
-        for i, x in enumerate(items):
-            batch[i, : len(x)] = x
+        batch, lengths = pad_batch(items, dtype)
         return {"waveform": batch, "num_samples": lengths}
 
     def _run(self, modality: str, items: Sequence[np.ndarray]) -> Embeddings:

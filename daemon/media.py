@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ __all__ = [
     "MediaError",
     "VisualSpec",
     "decode_media",
+    "pad_batch",
 ]
 
 
@@ -240,3 +242,16 @@ def _decode_audio(container, stream, spec: AudioSpec, limits: DecodeLimits) -> n
     samples = np.concatenate(chunks).astype(np.float32, copy=False)[:limit]
     np.clip(samples, -1.0, 1.0, out=samples)
     return samples
+
+
+def pad_batch(items: Sequence[np.ndarray], dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-pad items along their first axis: (B, T_max, ...) of `dtype` and lengths (B,) int64.
+
+    The graphs' contract (docs/model-directory.md): padding never changes an item's result.
+    Training's feature extraction pads with this too, so both see identical batches.
+    """
+    lengths = np.array([len(x) for x in items], dtype=np.int64)
+    batch = np.zeros((len(items), int(lengths.max()), *items[0].shape[1:]), dtype=dtype)
+    for i, x in enumerate(items):
+        batch[i, : len(x)] = x
+    return batch, lengths

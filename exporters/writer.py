@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from avindex.daemon.model_dir import compute_model_version, load_model_dir
+from avindex.daemon.model_dir import compute_model_version, load_model_dir, sha256_file
 from avindex.exporters.chains import AudioChain, VisualChain
 from avindex.exporters.onnx_export import (
     INPUT_NAMES,
@@ -29,14 +28,6 @@ from avindex.training.train import load_checkpoint
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 PARITY_TOLERANCE = 1e-4
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def frontend_specs(ckpt: dict) -> tuple[FrontendSpec, FrontendSpec]:

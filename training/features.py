@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -18,7 +17,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from avindex.daemon.media import DecodedMedia, MediaError, decode_media
+from avindex.daemon.media import (
+    AudioSpec,
+    DecodedMedia,
+    MediaError,
+    VisualSpec,
+    decode_media,
+    pad_batch,
+)
 from avindex.training.features_h5 import FeatureSet, Split, save_features
 from avindex.training.frontends import (
     FrontendSpec,
@@ -31,39 +37,34 @@ from avindex.training.media_manifest import MediaItem, assign_splits, read_media
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class _DecodeJob:
-    item: MediaItem
-    visual: FrontendSpec
-    audio: FrontendSpec
+def decode_pair(
+    job: tuple[MediaItem, VisualSpec, AudioSpec],
+) -> tuple[MediaItem, DecodedMedia | None, str | None]:
+    """Decode one labelled clip; (item, media, None) or (item, None, reason) when unusable.
 
-
-def _decode(job: _DecodeJob) -> tuple[MediaItem, DecodedMedia | None, str | None]:
+    Runs in worker processes (picklable arguments). A clip without sound or pictures cannot
+    be paired, so it is reported like one that cannot be decoded.
+    """
+    item, visual, audio = job
     try:
-        media = decode_media(job.item.path, job.visual.visual_spec(), job.audio.audio_spec())
+        media = decode_media(item.path, visual, audio)
     except MediaError as exc:
-        return job.item, None, f"{exc.reason}: {exc}"
+        return item, None, f"{exc.reason}: {exc}"
     if media.frames is None or media.audio is None:
-        return job.item, None, f"missing modality (has {media.modalities})"
-    return job.item, media, None
+        return item, None, f"missing modality (has {media.modalities})"
+    return item, media, None
 
 
 def pad_frames(frames: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """List of (T_i, S, S, 3) uint8 -> zero-padded (B, T_max, S, S, 3) and lengths (B,)."""
-    t_max = max(len(f) for f in frames)
-    out = np.zeros((len(frames), t_max, *frames[0].shape[1:]), dtype=np.uint8)
-    for i, f in enumerate(frames):
-        out[i, : len(f)] = f
-    return torch.from_numpy(out), torch.tensor([len(f) for f in frames], dtype=torch.int64)
+    batch, lengths = pad_batch(frames, np.uint8)
+    return torch.from_numpy(batch), torch.from_numpy(lengths)
 
 
 def pad_audio(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """List of (N_i,) float32 -> zero-padded (B, N_max) and lengths (B,)."""
-    n_max = max(len(w) for w in waves)
-    out = np.zeros((len(waves), n_max), dtype=np.float32)
-    for i, w in enumerate(waves):
-        out[i, : len(w)] = w
-    return torch.from_numpy(out), torch.tensor([len(w) for w in waves], dtype=torch.int64)
+    batch, lengths = pad_batch(waves, np.float32)
+    return torch.from_numpy(batch), torch.from_numpy(lengths)
 
 
 class FeatureExtractor:
@@ -105,13 +106,13 @@ def extract_features(
     media = read_media_manifest(manifest_csv)
     extractor = FeatureExtractor(visual, audio)
     workers = workers or max(1, (os.cpu_count() or 2))
-    jobs = [_DecodeJob(item, visual, audio) for item in media.items]
+    jobs = [(item, visual.visual_spec(), audio.audio_spec()) for item in media.items]
     rows: list[tuple[MediaItem, np.ndarray, np.ndarray]] = []
     skipped: list[dict] = []
     with get_context("spawn").Pool(workers) as pool, tqdm(
         total=len(jobs), desc="features", unit="clip"
     ) as bar:
-        decoded = pool.imap(_decode, jobs, chunksize=4)
+        decoded = pool.imap(decode_pair, jobs, chunksize=4)
         for chunk in _batches(decoded, batch_size):
             ok = [(item, m) for item, m, err in chunk if err is None]
             for item, _m, err in chunk:

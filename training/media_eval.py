@@ -17,8 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from avindex.daemon.encoder import Encoder
-from avindex.daemon.media import AudioSpec, MediaError, VisualSpec, decode_media
 from avindex.daemon.model_dir import load_model_dir
+from avindex.training.features import decode_pair
 from avindex.training.media_manifest import MediaItem, read_media_manifest
 from avindex.training.metrics import retrieval_metrics
 
@@ -32,17 +32,6 @@ class MediaEmbeddings:
     visual: np.ndarray  # (N, K)
     audio: np.ndarray  # (N, K)
     failed: list[dict]
-
-
-def _decode(job: tuple[MediaItem, VisualSpec, AudioSpec]):
-    item, visual, audio = job
-    try:
-        media = decode_media(item.path, visual, audio)
-    except MediaError as exc:
-        return item, None, f"{exc.reason}: {exc}"
-    if media.frames is None or media.audio is None:
-        return item, None, f"missing modality (has {media.modalities})"
-    return item, media, None
 
 
 def embed_media(model_dir: str | Path, manifest_csv: str | Path, split: str | None = None,
@@ -60,7 +49,7 @@ def embed_media(model_dir: str | Path, manifest_csv: str | Path, split: str | No
     ok: list[tuple[MediaItem, object]] = []
     failed: list[dict] = []
     with get_context("spawn").Pool(workers or os.cpu_count() or 2) as pool:
-        for item, media, err in tqdm(pool.imap(_decode, jobs, chunksize=4), total=len(jobs),
+        for item, media, err in tqdm(pool.imap(decode_pair, jobs, chunksize=4), total=len(jobs),
                                      desc="decode", unit="clip"):
             if err is None:
                 ok.append((item, media))
