@@ -22,6 +22,7 @@ from typing import Any
 from avindex.daemon.deadletter import DeadLetterProducer
 from avindex.daemon.encoder import EncodeError, Encoder
 from avindex.daemon.health import Health
+from avindex.daemon.http_api import HttpApi
 from avindex.daemon.jsonlog import setup_logging
 from avindex.daemon.media import DecodeLimits
 from avindex.daemon.messages import Fetcher
@@ -31,6 +32,7 @@ from avindex.daemon.pipeline import Pipeline
 from avindex.daemon.probes import ProbeServer
 from avindex.daemon.retry import Aborted, Backoff, retry
 from avindex.daemon.runner import Runner
+from avindex.daemon.search import Searcher, SerialClient
 from avindex.daemon.settings import Settings, SettingsError, load_settings
 from avindex.daemon.sink import CollectionMismatchError, QdrantSink, is_transient, make_client
 from avindex.daemon.source import KafkaSource
@@ -66,6 +68,7 @@ class Daemon:
         self.metrics = Metrics()
         self._qdrant_client = qdrant_client
         self.probes: ProbeServer | None = None
+        self.api: HttpApi | None = None
         self.runner: Runner | None = None
         self.sink: QdrantSink | None = None
         self.started = threading.Event()  # the main loop is about to run (tests wait on it)
@@ -84,10 +87,13 @@ class Daemon:
     def run(self) -> int:
         s = self.settings
         if s.http.enabled:
-            self.probes = ProbeServer(s.http.host, s.http.port, self.health, self.metrics)
+            self.api = HttpApi(s, self.metrics)
+            self.probes = ProbeServer(s.http.host, s.http.port, self.health, self.metrics,
+                                      routes=self.api, request_timeout_s=s.http.request_timeout_s)
             self.probes.start()
-            log.info("probes on http://%s:%d (/metrics /healthz /readyz)", s.http.host,
-                     self.probes.port, extra={"fields": {"http_port": self.probes.port}})
+            log.info("http on http://%s:%d (/metrics /healthz /readyz /search /openapi.json /)",
+                     s.http.host, self.probes.port,
+                     extra={"fields": {"http_port": self.probes.port}})
         closers: list[Callable[[], None]] = []
         try:
             return self._run(closers)
@@ -129,6 +135,8 @@ class Daemon:
         self._check_stop()
         self.health.set(stage="qdrant")
         client = self._qdrant_client or make_client(s.qdrant)
+        if not s.qdrant.url:  # local mode is not thread-safe: searches share it with the sink
+            client = SerialClient(client)
         self.sink = sink = QdrantSink(
             client, model_version=model.model_version, embedding_dim=model.embedding_dim,
             distance=model.distance, modalities=list(model.graphs),
@@ -145,6 +153,7 @@ class Daemon:
             raise ConfigurationError(f"Qdrant at {self._qdrant_target()} refused the collection "
                                      f"bootstrap: {type(exc).__name__}: {exc}") from exc
         self.health.set(qdrant_ok=True, qdrant_error=None)
+        self._attach_search(client, model, encoder, sink.collection)
 
         self._check_stop()
         self.health.set(stage="kafka")
@@ -168,7 +177,7 @@ class Daemon:
         source = KafkaSource(s.kafka)
         self.runner = runner = Runner(s, source, pipeline, acks, self.metrics, self.health,
                                       self.stop, self.force)
-        source.connect(runner.on_revoked, runner.on_assigned)
+        source.connect(runner.on_revoked, runner.on_assigned, runner.on_revoke_commit)
         closers.append(source.close)  # idempotent; the runner closes it first on a normal stop
         self._until_reachable("Kafka", ",".join(s.kafka.bootstrap_servers),
                               lambda: source.bootstrap(timeout_s=5.0), lambda exc: True)
@@ -178,6 +187,22 @@ class Daemon:
         log.info("consuming %s as group %s", s.kafka.topics, s.kafka.group_id)
         self.started.set()
         return self._after_run(runner.run())
+
+    def _attach_search(self, client: Any, model, encoder: Encoder, collection: str) -> None:
+        """POST /search answers from now on, with this model against its own collection."""
+        if self.api is None:
+            return
+        m = self.settings.media
+        codecs = frozenset(m.allowed_codecs) | {"png", "mjpeg"} if m.allowed_codecs else None
+        limits = DecodeLimits(max_bytes=self.settings.http.max_upload_bytes,
+                              max_duration_s=m.max_duration_s, max_width=m.max_width,
+                              max_height=m.max_height, max_decoded_frames=m.max_decoded_frames,
+                              allowed_codecs=codecs)
+        try:
+            self.api.attach(Searcher(client, model, encoder, collection, limits=limits,
+                                     max_top_k=self.settings.http.max_top_k))
+        except Exception as exc:  # search is a service on the side: indexing goes on
+            log.error("search disabled: %s: %s", type(exc).__name__, exc)
 
     def _before_run(self, source: KafkaSource, runner: Runner) -> None:
         """Kafka is reachable, the pipeline not started yet (`avindex reindex` hooks in here)."""

@@ -166,19 +166,22 @@ class Runner:
                 m.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - point))
 
     # --------------------------------------------------------------------------- rebalance
-    def on_revoked(self, partitions: list[TopicPartition]) -> None:
-        """Give revoked partitions' work a moment to finish, commit it, forget the rest."""
+    def on_revoked(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Give revoked partitions' work a moment to finish, forget the rest; return the
+        offsets to commit for them (the source commits them before the hand-over)."""
         if not partitions:  # the first join of a group "revokes" nothing
-            return
+            return {}
         self.metrics.rebalances.inc()
-        deadline = time.monotonic() + (0 if self.force.is_set()
-                                       else self.settings.kafka.revoke_drain_s)
+        # While stopping, the drain already happened in _shutdown (close() revokes everything).
+        stopping = self.force.is_set() or self.stop.is_set()
+        wait = 0 if stopping else self.settings.kafka.revoke_drain_s
+        deadline = time.monotonic() + wait
         while (any(self.tracker.in_flight(tp) for tp in partitions)
                and time.monotonic() < deadline and not self.force.is_set()):
             self._drain_acks()
             time.sleep(0.05)
         self._drain_acks()
-        self._commit(force=True, partitions=set(partitions))
+        offsets = self.tracker.to_commit(set(partitions))
         for tp in partitions:
             dropped = self.tracker.revoke(tp)
             if dropped:
@@ -187,6 +190,17 @@ class Runner:
             with contextlib.suppress(KeyError):
                 self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         log.info("partitions revoked: %s", _names(partitions))
+        return offsets
+
+    def on_revoke_commit(self, offsets: dict[TopicPartition, int],
+                         error: KafkaError | None) -> None:
+        """The outcome of the commit made for revoked partitions before their hand-over."""
+        if error is None:
+            self.metrics.commits.inc()
+            return
+        self.metrics.failures.labels("commit", type(error).__name__).inc()
+        log.warning("commit on revoke failed (%s); the new owner re-reads %s from the previous "
+                    "commit (replays overwrite, nothing is lost)", error, _names(offsets))
 
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:

@@ -2,8 +2,11 @@
 
 A thin adapter over kafka-python (used only from the runner's thread: the consumer is not
 thread-safe). It never commits by itself: `enable_auto_commit` is off and the runner commits the
-offsets its checkpoint allows. Rebalances are forwarded to the runner's hooks, which run inside
-`poll()` on the same thread.
+offsets its checkpoint allows. Rebalances are forwarded to the runner's hooks. kafka-python 3
+runs them on its IO thread while the runner's thread waits inside `poll()` (so the runner's state
+is never touched by two threads at once), and a blocking client call there would deadlock the
+IO loop: the revoke hook therefore *returns* the offsets to commit, and the listener awaits an
+asynchronous commit of them on the IO loop before the partitions are handed over.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from avindex.daemon.messages import Record
@@ -47,14 +51,36 @@ def client_config(s: KafkaSettings) -> dict[str, Any]:
     return config
 
 
-class _Listener(ConsumerRebalanceListener):
-    def __init__(self, on_revoked, on_assigned) -> None:
+def _offset_meta(offsets: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
+
+
+RevokeHook = Callable[[list[TopicPartition]], dict[TopicPartition, int]]
+AssignHook = Callable[[list[TopicPartition]], None]
+CommitOutcome = Callable[[dict[TopicPartition, int], KafkaError | None], None]
+
+
+class _Listener(AsyncConsumerRebalanceListener):
+    """Runs the runner's hooks on kafka-python's IO loop; commits on revoke without blocking it."""
+
+    def __init__(self, source: KafkaSource, on_revoked: RevokeHook, on_assigned: AssignHook,
+                 on_revoke_commit: CommitOutcome) -> None:
+        self._source = source
         self._on_revoked, self._on_assigned = on_revoked, on_assigned
+        self._on_revoke_commit = on_revoke_commit
 
-    def on_partitions_revoked(self, revoked):
-        self._on_revoked(list(revoked))
+    async def on_partitions_revoked(self, revoked):
+        offsets = self._on_revoked(list(revoked))
+        if not offsets:
+            return
+        try:
+            await self._source.consumer.commit_async(_offset_meta(offsets))
+        except KafkaError as exc:  # the new owner redelivers from the last commit: no loss
+            self._on_revoke_commit(offsets, exc)
+        else:
+            self._on_revoke_commit(offsets, None)
 
-    def on_partitions_assigned(self, assigned):
+    async def on_partitions_assigned(self, assigned):
         self._on_assigned(list(assigned))
 
 
@@ -65,11 +91,13 @@ class KafkaSource:
         self.settings = settings
         self._consumer: KafkaConsumer | None = None
 
-    def connect(self, on_revoked: Callable[[list[TopicPartition]], None],
-                on_assigned: Callable[[list[TopicPartition]], None]) -> None:
+    def connect(self, on_revoked: RevokeHook, on_assigned: AssignHook,
+                on_revoke_commit: CommitOutcome) -> None:
         """Create the consumer and subscribe (the group join happens in the first polls).
 
-        The hooks run inside `poll()` when a rebalance takes partitions away or hands them over.
+        The hooks run during `poll()` when a rebalance takes partitions away or hands them over;
+        `on_revoked` returns the offsets to commit for the partitions it gives up, and
+        `on_revoke_commit` hears whether that commit worked.
         """
         s = self.settings
         fetch_bytes = max(s.max_message_bytes + 65536, 1048576)
@@ -85,7 +113,8 @@ class KafkaSource:
             max_partition_fetch_bytes=fetch_bytes,
             fetch_max_bytes=max(fetch_bytes, 52428800),
         )
-        self._consumer.subscribe(s.topics, listener=_Listener(on_revoked, on_assigned))
+        self._consumer.subscribe(s.topics, listener=_Listener(self, on_revoked, on_assigned,
+                                                               on_revoke_commit))
 
     @property
     def consumer(self) -> KafkaConsumer:
@@ -123,9 +152,7 @@ class KafkaSource:
     def commit(self, offsets: dict[TopicPartition, int], timeout_s: float = 10.0) -> None:
         """Synchronous commit of "everything below offset is done" per partition."""
         if offsets:
-            self.consumer.commit(
-                {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()},
-                timeout_ms=int(timeout_s * 1000))
+            self.consumer.commit(_offset_meta(offsets), timeout_ms=int(timeout_s * 1000))
 
     def highwater(self, tp: TopicPartition) -> int | None:
         """The partition's end offset as of the last fetch response (no extra request)."""
