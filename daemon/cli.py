@@ -22,6 +22,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "reindex": ("avindex.daemon.reindex", "re-index the topics into a new model's collection, "
                 "then optionally switch the alias"),
     "embed": ("avindex.daemon.embed", "print the embeddings of media files as JSON lines"),
+    "search": ("avindex.daemon.search_cli", "find the videos that fit a sound, or the sounds "
+               "that fit a video or image"),
+    "demo": ("avindex.daemon.demo", "one-command demo: broker, Qdrant, daemon, an AV-digits "
+             "stream, cross-modal queries and the web page"),
 }
 
 

@@ -12,12 +12,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
+
+import numpy as np
 
 from avindex.daemon.encoder import Encoder
-from avindex.daemon.media import DecodeLimits, MediaError, decode_media
+from avindex.daemon.media import DecodedMedia, DecodeLimits, MediaError, decode_media
 from avindex.daemon.model_dir import ModelDirError, load_model_dir
 
-__all__ = ["configure", "main"]
+__all__ = ["configure", "embed_decoded", "main"]
+
+
+def embed_decoded(encoder: Encoder, decoded: DecodedMedia,
+                  modalities: Iterable[str] | None = None) -> dict[str, tuple[np.ndarray, float]]:
+    """One item's (embedding, mean variance) per modality it has (or of `modalities`).
+
+    `avindex embed` and `avindex search` both embed through here, as the daemon does.
+    """
+    out = {}
+    for modality in decoded.modalities if modalities is None else modalities:
+        item = decoded.frames if modality == "visual" else decoded.audio
+        result = encoder.embed(modality, [item])
+        out[modality] = (result.embedding[0], float(result.variance[0].mean()))
+    return out
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -45,10 +62,8 @@ def main(args: argparse.Namespace) -> int:
             continue
         out = {"file": path, "modalities": decoded.modalities,
                "duration_s": round(decoded.duration_s, 3), "uncertainty": {}}
-        for modality in decoded.modalities:
-            item = decoded.frames if modality == "visual" else decoded.audio
-            result = encoder.embed(modality, [item])
-            out[modality] = [float(x) for x in result.embedding[0]]
-            out["uncertainty"][modality] = float(result.variance[0].mean())
+        for modality, (vector, uncertainty) in embed_decoded(encoder, decoded).items():
+            out[modality] = [float(x) for x in vector]
+            out["uncertainty"][modality] = uncertainty
         print(json.dumps(out), flush=True)
     return 1 if failed else 0

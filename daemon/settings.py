@@ -189,13 +189,30 @@ class PipelineSettings:
 
 @dataclass
 class HttpSettings:
-    """The probe and metrics server."""
+    """The HTTP server: probes, metrics, POST /search, the web page."""
 
-    enabled: bool = setting(True, "Serve /metrics, /healthz and /readyz.")
+    enabled: bool = setting(
+        True, "Serve /metrics, /healthz, /readyz, POST /search, /openapi.json and the web page.")
     host: str = setting("0.0.0.0", "Listen address (all interfaces, so probes can reach it).")
     port: int = setting(8080, "Listen port (0 = any free port, logged at start-up).")
     health_stale_s: float = setting(
         30.0, "/healthz fails when the main loop has not turned for this long.")
+    max_upload_bytes: int = setting(
+        33554432, "Largest POST /search body (the query media plus the form); larger uploads "
+        "get 413 before anything is read.")
+    search_concurrency: int = setting(
+        2, "Searches decoded and embedded at once (in HTTP threads, not the indexing loop); "
+        "more get 503 `overloaded`.")
+    max_top_k: int = setting(1000, "Largest `top_k` a search may ask for.")
+    web_enabled: bool = setting(
+        True, "Serve the search page at `/` and indexed media at `/media/<point id>` (only "
+        "`file://` URIs inside media.allowed_roots).")
+    media_concurrency: int = setting(
+        16, "Media downloads served at once (a results page plays up to top_k files); more get "
+        "503.")
+    request_timeout_s: float = setting(
+        30.0, "Socket timeout while reading a request or writing a response (slow clients are "
+        "cut off).")
 
 
 @dataclass
@@ -421,6 +438,9 @@ def _validate(s: Settings) -> None:
         errors.append("media.decode_workers and pipeline.embed_queue must be >= 1")
     if s.pipeline.retry_initial_s <= 0 or s.pipeline.retry_max_s < s.pipeline.retry_initial_s:
         errors.append("need 0 < pipeline.retry_initial_s <= pipeline.retry_max_s")
+    for name in ("max_upload_bytes", "search_concurrency", "max_top_k", "media_concurrency"):
+        if getattr(s.http, name) < 1:
+            errors.append(f"http.{name} must be >= 1")
     if s.log.format not in ("json", "text"):
         errors.append("log.format must be json or text")
     if errors:

@@ -1,0 +1,205 @@
+"""`avindex search`: which videos fit this sound, which sounds fit this video or image.
+
+Two ways to answer, because Qdrant's local storage belongs to one process:
+
+- through a running daemon (`--daemon URL`, or the daemon of `--config` when it uses local
+  storage, or http://127.0.0.1:8080): POST /search uploads the file, the daemon embeds it;
+- straight against a Qdrant server (`--qdrant-url`, or `qdrant.url` of `--config`/AVINDEX_*):
+  the file is embedded here with `--model` (or `model.dir`), which must be the model version
+  the collection was built with.
+
+Prints a ranked table (score, media id, producer metadata), or the JSON answer with `--json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mimetypes
+import os
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+from avindex.daemon.settings import QdrantSettings, Settings, SettingsError, load_settings
+
+__all__ = ["configure", "format_results", "main", "post_search"]
+
+DEFAULT_DAEMON = "http://127.0.0.1:8080"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    query = parser.add_mutually_exclusive_group(required=True)
+    query.add_argument("--audio", type=Path, metavar="FILE",
+                       help="a sound (or a video's sound): find the videos that fit it")
+    query.add_argument("--video", type=Path, metavar="FILE",
+                       help="a video: find sounds by its pictures (or videos by its sound, "
+                       "--by audio)")
+    query.add_argument("--image", type=Path, metavar="FILE", help="a picture: find sounds")
+    query.add_argument("--id", metavar="MEDIA_ID",
+                       help="an indexed media id: search with its stored vector (--by audio "
+                       "by default)")
+    parser.add_argument("--by", choices=["audio", "visual"],
+                        help="search with the query's sound or its pictures (video, --id)")
+    parser.add_argument("--top-k", type=int, default=10, metavar="K", help="results (10)")
+    parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                        help="payload filter, repeatable, all must hold "
+                        "(e.g. metadata.label=7, modalities=visual)")
+    parser.add_argument("--json", action="store_true", help="print the JSON answer")
+    parser.add_argument("--daemon", metavar="URL",
+                        help=f"ask this running daemon (default for local storage: "
+                        f"{DEFAULT_DAEMON} or the port of --config)")
+    parser.add_argument("--qdrant-url", metavar="URL",
+                        help="query this Qdrant server directly (needs --model)")
+    parser.add_argument("--model", metavar="MODEL_DIR",
+                        help="model directory for direct queries (default: model.dir)")
+    parser.add_argument("--collection", metavar="NAME",
+                        help="collection or alias for direct queries (default: qdrant.alias)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="the daemon's settings file (default: $AVINDEX_CONFIG)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds (120)")
+
+
+def _settings(args: argparse.Namespace) -> Settings | None:
+    """The daemon's settings when a config file or AVINDEX_* variables exist, else None."""
+    overrides = {}
+    if args.model:
+        overrides["AVINDEX_MODEL_DIR"] = args.model
+    environ = {**os.environ, **overrides}
+    if not (args.config or any(k.startswith("AVINDEX_") for k in environ)):
+        return None
+    if args.qdrant_url:  # the flag replaces whatever target the environment names
+        environ = {k: v for k, v in environ.items()
+                   if k not in ("AVINDEX_QDRANT_PATH", "AVINDEX_QDRANT_LOCATION")}
+        environ["AVINDEX_QDRANT_URL"] = args.qdrant_url
+    settings, _ = load_settings(args.config, environ)
+    return settings
+
+
+def _query(args: argparse.Namespace) -> tuple[str | None, Path | None]:
+    for kind in ("audio", "video", "image"):
+        path = getattr(args, kind)
+        if path is not None:
+            return kind, path
+    return None, None
+
+
+def post_search(url: str, *, file: Path | None = None, data: bytes | None = None,
+                kind: str | None = None, media_id: str | None = None, by: str | None = None,
+                top_k: int = 10, filters: list[str] | tuple[str, ...] = (),
+                fields: str | None = None, timeout: float = 120.0) -> tuple[int, dict]:
+    """POST /search as multipart/form-data; returns (HTTP status, JSON answer)."""
+    boundary = uuid.uuid4().hex
+    parts: list[bytes] = []
+
+    def field(name: str, value: str) -> None:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+                     f"{value}\r\n".encode())
+
+    if file is not None or data is not None:
+        name = file.name if file is not None else "query"
+        content = file.read_bytes() if file is not None else data
+        ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                     f'filename="{name}"\r\nContent-Type: {ctype}\r\n\r\n'.encode()
+                     + content + b"\r\n")
+    for name, value in (("kind", kind), ("id", media_id), ("by", by), ("fields", fields)):
+        if value:
+            field(name, value)
+    field("top_k", str(top_k))
+    for f in filters:
+        field("filter", f)
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    request = urllib.request.Request(
+        url.rstrip("/") + "/search", data=body, method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read())
+        except json.JSONDecodeError:
+            return exc.code, {"error": "http_error", "message": f"HTTP {exc.code}"}
+
+
+def _direct(args: argparse.Namespace, settings: Settings | None, kind: str | None,
+            path: Path | None) -> tuple[int, dict]:
+    """Embed here and query the Qdrant server."""
+    from avindex.daemon.encoder import Encoder
+    from avindex.daemon.model_dir import ModelDirError, load_model_dir
+    from avindex.daemon.search import Options, Searcher, SearchError
+    from avindex.daemon.sink import make_client
+
+    qdrant = settings.qdrant if settings else QdrantSettings(url=args.qdrant_url)
+    model_dir = args.model or (settings.model.dir if settings else None)
+    if not model_dir:
+        return 2, {"error": "bad_request", "message": "direct queries need --model MODEL_DIR "
+                   "(the model the collection was built with)"}
+    try:
+        model = load_model_dir(model_dir)
+    except ModelDirError as exc:
+        return 2, {"error": "bad_request", "message": str(exc)}
+    client = make_client(qdrant)
+    try:
+        searcher = Searcher(client, model, Encoder(model, device="cpu", max_batch=1),
+                            args.collection or qdrant.alias)
+        options = Options(top_k=args.top_k, filters=tuple(args.filter))
+        if path is not None:
+            if not path.is_file():
+                return 2, {"error": "no_file", "message": f"no such file: {path}"}
+            return 200, searcher.search_media(path, kind, args.by, options)
+        return 200, searcher.search_id(args.id, args.by, options)
+    except SearchError as exc:
+        return exc.status, {"error": exc.code, "message": str(exc)}
+    finally:
+        client.close()
+
+
+def format_results(answer: dict[str, Any]) -> str:
+    """A ranked table for people: rank, score, media id, producer metadata."""
+    q = answer["query"]
+    lines = [f"{q.get('kind')} query by {q.get('by')} -> {q.get('vector')} vectors of "
+             f"{answer['collection']} ({len(answer['results'])} results, {answer['took_ms']} ms)"]
+    for hit in answer["results"]:
+        meta = hit["payload"].get("metadata") or {}
+        shown = " ".join(f"{k}={v}" for k, v in list(meta.items())[:4])
+        lines.append(f"{hit['rank']:>4}  {hit['score']:.4f}  {hit['media_id']}  {shown}".rstrip())
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    kind, path = _query(args)
+    try:
+        settings = None if args.daemon else _settings(args)
+    except SettingsError as exc:
+        print(f"avindex search: {exc}", file=sys.stderr)
+        return 2
+    direct = not args.daemon and (args.qdrant_url or (settings and settings.qdrant.url))
+    if direct:
+        status, answer = _direct(args, settings, kind, path)
+    else:
+        url = args.daemon or DEFAULT_DAEMON
+        if settings is not None and not args.daemon:
+            host = settings.http.host if settings.http.host not in ("0.0.0.0", "::") \
+                else "127.0.0.1"
+            url = f"http://{host}:{settings.http.port}"
+        if path is not None and not path.is_file():
+            print(f"avindex search: no such file: {path}", file=sys.stderr)
+            return 2
+        try:
+            status, answer = post_search(url, file=path, kind=kind, media_id=args.id, by=args.by,
+                                         top_k=args.top_k, filters=args.filter,
+                                         timeout=args.timeout)
+        except OSError as exc:
+            print(f"avindex search: the daemon at {url} is not reachable ({exc}); start "
+                  "`avindex run` or give --daemon URL / --qdrant-url URL", file=sys.stderr)
+            return 3
+    if status != 200:
+        print(f"avindex search: {answer.get('error')}: {answer.get('message')}", file=sys.stderr)
+        return 1 if status != 2 else 2
+    print(json.dumps(answer, indent=1) if args.json else format_results(answer))
+    return 0

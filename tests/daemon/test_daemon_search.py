@@ -1,0 +1,391 @@
+"""Cross-modal search against an index built by the real daemon (Tansu + Qdrant local mode).
+
+One daemon (in a thread, so the test can also reach its Qdrant client) indexes 40 real clips
+sent as file envelopes; then POST /search, `avindex search` and the web page (headless
+chromium) are checked against a brute-force ranking computed with the tiny model's numpy twin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from daemon_harness import DaemonThread, produce, settings_file, settings_for, wait_for
+from daemon_helpers import build_model_dir, reference_embedding
+
+from avindex.daemon.encoder import Encoder
+from avindex.daemon.media import decode_media
+from avindex.daemon.model_dir import load_model_dir
+from avindex.daemon.search import Searcher, SearchError
+from avindex.daemon.search_cli import post_search
+from avindex.daemon.sink import point_id
+
+N = 40
+UPLOAD_LIMIT = 400_000
+
+
+class Index:
+    def __init__(self, daemon: DaemonThread, url: str, clips: list[Path], model_dir: Path,
+                 settings) -> None:
+        self.daemon, self.url, self.clips, self.model_dir = daemon, url, clips, model_dir
+        self.settings = settings
+        model = load_model_dir(model_dir)
+        self.specs = model.visual_spec(), model.audio_spec()
+        self.vectors: dict[str, dict[str, np.ndarray]] = {}
+        for i, clip in enumerate(clips):
+            decoded = decode_media(clip, *self.specs)
+            self.vectors[media_id(i)] = self.embed(decoded)
+
+    def embed(self, decoded) -> dict[str, np.ndarray]:
+        out = {}
+        if decoded.frames is not None:
+            out["visual"] = reference_embedding("visual", decoded.frames)[0]
+        if decoded.audio is not None:
+            out["audio"] = reference_embedding("audio", decoded.audio)[0]
+        return out
+
+    def expected(self, query: np.ndarray, target: str, k: int, keep=lambda i: True) -> list:
+        """(media id, cosine) best first, by brute force over the indexed vectors."""
+        q = query / np.linalg.norm(query)
+        scored = [(mid, float(q @ (v[target] / np.linalg.norm(v[target]))))
+                  for mid, v in self.vectors.items()
+                  if target in v and keep(int(mid.split("-")[1]))]
+        return sorted(scored, key=lambda t: -t[1])[:k]
+
+
+def media_id(i: int) -> str:
+    return f"search-{i:03d}"
+
+
+@pytest.fixture(scope="module")
+def index(broker, model_dir, clips, media_root):
+    chosen = clips[:N]
+    # Clip 0 goes in through a symlink inside the allowed root (re-pointed by a test later).
+    link = media_root / "search-link.mp4"
+    if not link.exists():
+        link.symlink_to(chosen[0])
+    names = {"topic": f"search-{time.monotonic_ns() % 10**8}", "group": "g-search",
+             "dlq": "search-dlq"}
+    broker.create_topic(names["topic"], partitions=2)
+    settings = settings_for(model_dir, broker.bootstrap, names["topic"], group=names["group"],
+                            dlq=names["dlq"], media={"allowed_roots": [str(media_root)]},
+                            http={"max_upload_bytes": UPLOAD_LIMIT, "search_concurrency": 1,
+                                  "max_top_k": 50})
+    messages = []
+    for i, clip in enumerate(chosen):
+        uri = f"file://{link}" if i == 0 else f"file://{clip}"
+        envelope = {"id": media_id(i), "uri": uri,
+                    "metadata": {"n": i, "parity": "even" if i % 2 == 0 else "odd"}}
+        messages.append((media_id(i).encode(), json.dumps(envelope).encode(),
+                         [("content-type", b"application/json")]))
+    daemon = DaemonThread(settings, None).start()
+    url = f"http://127.0.0.1:{daemon.daemon.http_port}"
+    produce(broker.bootstrap, names["topic"], messages)
+    wait_for(lambda: get_json(url, "/info")[1].get("points") == N, 60, what="40 points")
+    yield Index(daemon, url, chosen, model_dir, settings)
+    assert daemon.stop() == 0
+
+
+def get_json(url: str, path: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url + path, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def ranked(answer: dict) -> list[tuple[str, float]]:
+    return [(h["media_id"], h["score"]) for h in answer["results"]]
+
+
+def assert_same_ranking(answer: dict, expected: list) -> None:
+    got = ranked(answer)
+    assert [m for m, _ in got] == [m for m, _ in expected]
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], atol=1e-4)
+
+
+# ------------------------------------------------------------------------------ POST /search
+def test_audio_query_finds_pictures_ranked_like_brute_force(index):
+    clip = index.clips[7]  # a WAV: sound only
+    status, answer = post_search(index.url, file=clip, kind="audio", top_k=10)
+    assert status == 200, answer
+    assert answer["query"]["by"] == "audio" and answer["query"]["vector"] == "visual"
+    query = index.embed(decode_media(clip, *index.specs))["audio"]
+    assert_same_ranking(answer, index.expected(query, "visual", 10))
+    hit = answer["results"][0]
+    assert hit["payload"]["model_version"] == answer["model_version"]
+    assert hit["id"] == point_id(hit["media_id"])
+
+
+def test_video_query_by_pictures_finds_sounds_and_by_sound_finds_pictures(index):
+    clip = index.clips[3]
+    decoded = index.embed(decode_media(clip, *index.specs))
+    status, answer = post_search(index.url, file=clip, kind="video", top_k=5)
+    assert status == 200 and answer["query"]["vector"] == "audio"
+    assert_same_ranking(answer, index.expected(decoded["visual"], "audio", 5))
+    status, answer = post_search(index.url, file=clip, kind="video", by="audio", top_k=5)
+    assert status == 200 and answer["query"]["vector"] == "visual"
+    assert_same_ranking(answer, index.expected(decoded["audio"], "visual", 5))
+
+
+def test_image_query_searches_sounds(index, tmp_path):
+    image = tmp_path / "query.png"
+    pixels = np.zeros((48, 64, 3), np.uint8)
+    pixels[:] = (200, 40, 90)
+    with av.open(str(image), "w", format="image2") as out:
+        stream = out.add_stream("png", rate=1)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "rgb24"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+            out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    status, answer = post_search(index.url, file=image, top_k=6)  # kind from image/png
+    assert status == 200, answer
+    assert answer["query"]["kind"] == "image" and answer["query"]["vector"] == "audio"
+    query = index.embed(decode_media(image, *index.specs))["visual"]
+    assert_same_ranking(answer, index.expected(query, "audio", 6))
+
+
+def test_search_by_indexed_id_and_payload_filter(index):
+    status, answer = post_search(index.url, media_id=media_id(4), top_k=8,
+                                 filters=["metadata.parity=odd"], fields="metadata")
+    assert status == 200, answer
+    expected = index.expected(index.vectors[media_id(4)]["audio"], "visual", 8,
+                              keep=lambda i: i % 2 == 1)
+    assert_same_ranking(answer, expected)
+    assert all(h["payload"]["metadata"]["parity"] == "odd" for h in answer["results"])
+    assert set(answer["results"][0]["payload"]) == {"media_id", "metadata"}
+    # numbers in the payload match numeric filter values too
+    status, answer = post_search(index.url, media_id=media_id(4), top_k=3,
+                                 filters=["metadata.n=12"])
+    assert status == 200 and ranked(answer)[0][0] == media_id(12) and len(answer["results"]) == 1
+
+
+@pytest.mark.parametrize(("kwargs", "status", "code"), [
+    ({}, 400, "no_file"),
+    ({"data": b""}, 400, "no_file"),
+    ({"data": os.urandom(UPLOAD_LIMIT + 10)}, 413, "too_large"),
+    ({"data": b"\x00\x01 not media " * 50, "kind": "audio"}, 422, "undecodable"),
+    ({"clip": 9, "kind": "audio"}, 422, "wrong_modality"),   # a silent video as a sound
+    ({"clip": 7, "kind": "video"}, 422, "wrong_modality"),   # a WAV as a video
+    ({"clip": 3, "kind": "audio", "by": "visual"}, 422, "wrong_modality"),
+    ({"clip": 3, "filters": ["no equals sign"]}, 400, "bad_filter"),
+    ({"clip": 3, "filters": ["../x=1"]}, 400, "bad_filter"),
+    ({"clip": 3, "top_k": 51}, 400, "bad_request"),
+    ({"clip": 3, "kind": "text"}, 400, "bad_request"),
+    ({"media_id": "never-indexed"}, 404, "not_found"),
+])
+def test_search_errors_are_clear_4xx(index, kwargs, status, code):
+    if "clip" in kwargs:
+        kwargs["file"] = index.clips[kwargs.pop("clip")]
+    got, answer = post_search(index.url, **kwargs)
+    assert (got, answer["error"]) == (status, code), answer
+    assert answer["message"]
+
+
+def raw_request(url: str, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(head + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1]), data.split(b"\r\n\r\n", 1)[1]
+
+
+def test_protocol_errors(index):
+    status, body = raw_request(index.url, b"POST /search HTTP/1.1\r\nHost: x\r\n"
+                               b"Content-Type: text/plain\r\nContent-Length: 2\r\n"
+                               b"Connection: close\r\n\r\n", b"hi")
+    assert status == 415 and json.loads(body)["error"] == "unsupported_media_type"
+    status, body = raw_request(index.url, b"POST /search HTTP/1.1\r\nHost: x\r\n"
+                               b"Content-Type: multipart/form-data; boundary=b\r\n"
+                               b"Connection: close\r\n\r\n")
+    assert status == 411
+    status, body = raw_request(index.url, b"POST /search HTTP/1.1\r\nHost: x\r\n"
+                               b"Content-Type: multipart/form-data; boundary=b\r\n"
+                               b"Content-Length: 11\r\nConnection: close\r\n\r\n",
+                               b"--b\r\njunk\r\n")
+    assert status == 400 and "malformed" in json.loads(body)["message"]
+    status, body = raw_request(index.url, b"GET /search HTTP/1.1\r\nHost: x\r\n"
+                               b"Connection: close\r\n\r\n")
+    assert status == 405
+
+
+def test_a_search_beyond_the_concurrency_limit_gets_503_overloaded(index):
+    """search_concurrency=1: a slow upload holds the only slot; the next search is refused at
+    once, and the slow one still completes afterwards. Indexing is not involved at all."""
+    host, port = index.url.removeprefix("http://").split(":")
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"id\"\r\n\r\n" + media_id(1).encode()
+            + b"\r\n--b--\r\n")
+    slow = socket.create_connection((host, int(port)), timeout=20)
+    try:
+        slow.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"Content-Type: multipart/form-data; boundary=b\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:10])
+        time.sleep(0.5)
+        status, answer = post_search(index.url, media_id=media_id(2))
+        assert (status, answer["error"]) == (503, "overloaded")
+        slow.sendall(body[10:])
+        data = b""
+        while chunk := slow.recv(65536):
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200")
+        assert json.loads(data.split(b"\r\n\r\n", 1)[1])["results"]
+    finally:
+        slow.close()
+    assert post_search(index.url, media_id=media_id(2))[0] == 200
+    metrics = index.daemon.daemon.metrics.registry
+    assert metrics.get_sample_value("avindex_search_requests_total",
+                                    {"status": "503", "code": "overloaded"}) >= 1
+
+
+def test_collection_of_another_model_version_is_refused(index, tmp_path):
+    other = load_model_dir(build_model_dir(tmp_path / "other", seed=5))
+    client = index.daemon.daemon.sink.client
+    with pytest.raises(SearchError) as info:
+        Searcher(client, other, Encoder(other, device="cpu", max_batch=1),
+                 index.daemon.daemon.sink.collection)
+    assert info.value.code == "model_mismatch" and info.value.status == 409
+    own = load_model_dir(index.model_dir)
+    searcher = Searcher(client, own, Encoder(own, device="cpu", max_batch=1), "avindex")  # alias
+    assert searcher.collection == index.daemon.daemon.sink.collection
+
+
+# ------------------------------------------------------------------------------- media, docs
+def test_media_endpoint_serves_indexed_files_with_ranges_and_no_escape(index, media_root):
+    pid = point_id(media_id(5))
+    with urllib.request.urlopen(f"{index.url}/media/{pid}", timeout=10) as r:
+        assert r.read() == index.clips[5].read_bytes()
+        assert r.headers["Content-Type"] == "video/mp4"
+    request = urllib.request.Request(f"{index.url}/media/{pid}", headers={"Range": "bytes=10-19"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        assert r.status == 206 and r.read() == index.clips[5].read_bytes()[10:20]
+    for path in ("/media/" + point_id("never-indexed"), "/media/..%2F..%2Fetc%2Fpasswd",
+                 "/media/../../etc/passwd"):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(index.url + path, timeout=10)
+        assert info.value.code == 404
+    # the allowed roots are checked again on every request: a link re-pointed outside is refused
+    link = media_root / "search-link.mp4"
+    link.unlink()
+    link.symlink_to("/etc/hostname")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"{index.url}/media/{point_id(media_id(0))}", timeout=10)
+    assert info.value.code == 403 and json.loads(info.value.read())["error"] == "uri_not_allowed"
+
+
+def test_openapi_document_is_valid_and_lists_the_endpoints(index):
+    from openapi_spec_validator import validate
+
+    status, doc = get_json(index.url, "/openapi.json")
+    assert status == 200
+    validate(doc)
+    assert doc["openapi"].startswith("3.")
+    endpoints = {"/search", "/info", "/media/{id}", "/healthz", "/readyz", "/metrics", "/"}
+    assert endpoints <= set(doc["paths"])
+    form = doc["components"]["schemas"]["SearchForm"]["properties"]
+    assert form["top_k"]["maximum"] == 50  # the configured limit, not a copy
+    assert set(doc["paths"]["/search"]["post"]["responses"]) >= {"200", "400", "413", "422", "503"}
+
+
+def test_probes_still_answer(index):
+    assert get_json(index.url, "/readyz")[0] == 200
+    assert get_json(index.url, "/healthz")[0] == 200
+    with urllib.request.urlopen(index.url + "/metrics", timeout=10) as r:
+        text = r.read()
+    assert b"avindex_messages_indexed_total" in text
+    assert b"avindex_search_requests_total" in text
+
+
+# ------------------------------------------------------------------------------------- CLI
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVINDEX_")}
+    return subprocess.run([sys.executable, "-m", "avindex.daemon.cli", "search", *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_cli_search_through_the_daemon(index, tmp_path):
+    clip = index.clips[11]
+    done = run_cli("--daemon", index.url, "--audio", str(clip), "--top-k", "5", "--json")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    query = index.embed(decode_media(clip, *index.specs))["audio"]
+    assert_same_ranking(answer, index.expected(query, "visual", 5))
+    # the daemon's config file (local storage) routes the CLI to the daemon's port
+    settings = index.settings
+    settings.http.port = int(index.url.rsplit(":", 1)[1])
+    config = settings_file(settings, tmp_path / "daemon.yaml")
+    done = run_cli("--config", str(config), "--video", str(clip), "--by", "audio",
+                   "--top-k", "3", "--filter", "metadata.parity=even")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("video query by audio -> visual vectors")
+    expected = index.expected(query, "visual", 3, keep=lambda i: i % 2 == 0)
+    assert [line.split()[2] for line in lines[1:]] == [m for m, _ in expected]
+    done = run_cli("--daemon", index.url, "--audio", str(index.clips[9]))
+    assert done.returncode == 1 and "wrong_modality" in done.stderr
+    done = run_cli("--daemon", "http://127.0.0.1:9", "--audio", str(clip))
+    assert done.returncode == 3 and "not reachable" in done.stderr
+
+
+# ------------------------------------------------------------------------------ web page
+def test_web_page_in_headless_chromium(index, tmp_path):
+    """Upload a sound and see the matching videos (playable), upload a video and get sounds,
+    record with a (fake) microphone; results equal what POST /search answers."""
+    from cdp import Browser
+
+    shots = Path(os.environ.get("AVINDEX_SCREENSHOT_DIR", tmp_path))
+    browser = Browser(tmp_path / "profile")
+    try:
+        browser.goto(index.url + "/")
+        browser.wait("document.getElementById('info').textContent.includes('40 items')")
+        sound = index.clips[7]
+        browser.set_file("#sound-file", sound)
+        browser.wait("document.body.dataset.soundDone", 60)
+        shown = browser.evaluate(
+            "[...document.querySelectorAll('#sound-results li')].map(li => "
+            "[li.dataset.mediaId, Number(li.dataset.score), li.querySelector('video')?.src])")
+        _, answer = post_search(index.url, file=sound, kind="audio", top_k=8)
+        assert [(m, s) for m, s, _ in shown] == ranked(answer)
+        assert all(src and "/media/" in src for _, _, src in shown)
+        # the first video really plays: metadata loaded, decodable frames
+        browser.wait("document.querySelector('#sound-results video').readyState >= 2", 30)
+        assert browser.evaluate("document.querySelector('#sound-results video').videoWidth") == 64
+        browser.screenshot(shots / "web-sound-to-videos.png")
+
+        video = index.clips[3]
+        browser.set_file("#video-file", video)
+        browser.wait("document.body.dataset.videoDone", 60)
+        heard = browser.evaluate(
+            "[...document.querySelectorAll('#video-results li')].map(li => "
+            "[li.dataset.mediaId, li.querySelector('audio')?.src])")
+        _, answer = post_search(index.url, file=video, kind="video", top_k=8)
+        assert [m for m, _ in heard] == [m for m, _ in ranked(answer)]
+        assert all(src for _, src in heard)
+        browser.wait("document.querySelector('#video-results audio').readyState >= 1", 30)
+        browser.screenshot(shots / "web-video-to-sounds.png")
+
+        # record a second of the fake microphone (a beep) and search with it
+        browser.evaluate("delete document.body.dataset.soundDone")
+        browser.evaluate("document.getElementById('record').click()")
+        browser.wait("document.getElementById('record').textContent.includes('Stop')", 20)
+        time.sleep(1.5)
+        browser.evaluate("document.getElementById('record').click()")
+        browser.wait("document.body.dataset.soundDone", 60)
+        status = browser.evaluate("document.getElementById('sound-status').textContent")
+        assert "results by audio against visual vectors" in status
+        assert browser.evaluate("document.querySelectorAll('#sound-results li').length") == 8
+        browser.screenshot(shots / "web-recording.png")
+    finally:
+        browser.close()
