@@ -37,6 +37,19 @@ if ! command -v systemd-analyze >/dev/null || ! command -v promtool >/dev/null; 
   fi
 fi
 
+# Headless browser for the web page test (tests/daemon/test_daemon_search.py): Debian chromium.
+# Missing, that test skips locally and fails when CI is set.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing Debian chromium (headless browser for the web page test)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      chromium >/dev/null) \
+      || say "WARNING: could not install chromium; the web page test skips locally, fails in CI"
+  else
+    say "WARNING: chromium missing (needs root + apt-get); the web page test skips"
+  fi
+fi
+
 if [ ! -x "$venv/bin/python" ]; then
   say "creating virtual environment $venv"
   python3 -m venv "$venv"
