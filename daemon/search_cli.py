@@ -4,9 +4,9 @@ Two ways to answer, because Qdrant's local storage belongs to one process:
 
 - through a running daemon (`--daemon URL`, or the daemon of `--config` when it uses local
   storage, or http://127.0.0.1:8080): POST /search uploads the file, the daemon embeds it;
-- straight against a Qdrant server (`--qdrant-url`, or `qdrant.url` of `--config`/AVINDEX_*):
-  the file is embedded here with `--model` (or `model.dir`), which must be the model version
-  the collection was built with.
+- straight against a Qdrant server (`--qdrant-url`, or `qdrant.url` of `--config`/AVINDEX_*),
+  or local storage that no daemon holds (`--qdrant-path`): the file is embedded here with
+  `--model` (or `model.dir`), which must be the model version the collection was built with.
 
 Prints a ranked table (score, media id, producer metadata), or the JSON answer with `--json`.
 """
@@ -54,6 +54,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         f"{DEFAULT_DAEMON} or the port of --config)")
     parser.add_argument("--qdrant-url", metavar="URL",
                         help="query this Qdrant server directly (needs --model)")
+    parser.add_argument("--qdrant-path", metavar="DIR",
+                        help="query Qdrant local storage directly (only while no daemon holds "
+                        "it, e.g. after `avindex demo --state DIR`; needs --model)")
     parser.add_argument("--model", metavar="MODEL_DIR",
                         help="model directory for direct queries (default: model.dir)")
     parser.add_argument("--collection", metavar="NAME",
@@ -128,13 +131,16 @@ def post_search(url: str, *, file: Path | None = None, data: bytes | None = None
 
 def _direct(args: argparse.Namespace, settings: Settings | None, kind: str | None,
             path: Path | None) -> tuple[int, dict]:
-    """Embed here and query the Qdrant server."""
+    """Embed here and query Qdrant directly (a server, or local storage no daemon holds)."""
     from avindex.daemon.encoder import Encoder
     from avindex.daemon.model_dir import ModelDirError, load_model_dir
     from avindex.daemon.search import Options, Searcher, SearchError
     from avindex.daemon.sink import make_client
 
-    qdrant = settings.qdrant if settings else QdrantSettings(url=args.qdrant_url)
+    if args.qdrant_path:
+        qdrant = QdrantSettings(path=args.qdrant_path)
+    else:
+        qdrant = settings.qdrant if settings else QdrantSettings(url=args.qdrant_url)
     model_dir = args.model or (settings.model.dir if settings else None)
     if not model_dir:
         return 2, {"error": "bad_request", "message": "direct queries need --model MODEL_DIR "
@@ -143,7 +149,10 @@ def _direct(args: argparse.Namespace, settings: Settings | None, kind: str | Non
         model = load_model_dir(model_dir)
     except ModelDirError as exc:
         return 2, {"error": "bad_request", "message": str(exc)}
-    client = make_client(qdrant)
+    try:
+        client = make_client(qdrant)
+    except RuntimeError as exc:  # local storage held by a running daemon
+        return 2, {"error": "bad_request", "message": f"{exc} (ask that daemon: --daemon URL)"}
     try:
         searcher = Searcher(client, model, Encoder(model, device="cpu", max_batch=1),
                             args.collection or qdrant.alias)
@@ -174,11 +183,12 @@ def format_results(answer: dict[str, Any]) -> str:
 def main(args: argparse.Namespace) -> int:
     kind, path = _query(args)
     try:
-        settings = None if args.daemon else _settings(args)
+        settings = None if args.daemon or args.qdrant_path else _settings(args)
     except SettingsError as exc:
         print(f"avindex search: {exc}", file=sys.stderr)
         return 2
-    direct = not args.daemon and (args.qdrant_url or (settings and settings.qdrant.url))
+    direct = not args.daemon and (args.qdrant_url or args.qdrant_path
+                                  or (settings and settings.qdrant.url))
     if direct:
         status, answer = _direct(args, settings, kind, path)
     else:

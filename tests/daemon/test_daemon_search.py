@@ -389,3 +389,44 @@ def test_web_page_in_headless_chromium(index, tmp_path):
         browser.screenshot(shots / "web-recording.png")
     finally:
         browser.close()
+
+
+def test_cli_direct_against_local_storage_checks_the_model_version(broker, model_dir, clips,
+                                                                   media_root, tmp_path):
+    """After the daemon has released its storage, the CLI opens it itself, embeds the query with
+    --model and searches; a model of another version is refused."""
+    names = {"topic": f"direct-{time.monotonic_ns() % 10**8}", "group": "g-direct",
+             "dlq": "direct-dlq"}
+    storage = tmp_path / "qdrant"
+    settings = settings_for(model_dir, broker.bootstrap, names["topic"], group=names["group"],
+                            dlq=names["dlq"], media={"allowed_roots": [str(media_root)]},
+                            qdrant={"location": None, "path": str(storage)})
+    chosen = clips[:12]
+    messages = [(f"d-{i}".encode(), json.dumps({"id": f"d-{i}", "uri": f"file://{c}"}).encode(),
+                 [("content-type", b"application/json")]) for i, c in enumerate(chosen)]
+    daemon = DaemonThread(settings, None).start()
+    url = f"http://127.0.0.1:{daemon.daemon.http_port}"
+    produce(broker.bootstrap, names["topic"], messages)
+    wait_for(lambda: get_json(url, "/info")[1].get("points") == len(chosen), 60, what="points")
+    assert daemon.stop() == 0
+    done = run_cli("--qdrant-path", str(storage), "--model", str(model_dir), "--audio",
+                   str(chosen[3]), "--top-k", "4", "--json")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    model = load_model_dir(model_dir)
+    query = reference_embedding("audio", decode_media(chosen[3], model.visual_spec(),
+                                                      model.audio_spec()).audio)[0]
+    q = query / np.linalg.norm(query)
+    expected = []
+    for i, clip in enumerate(chosen):
+        frames = decode_media(clip, model.visual_spec(), model.audio_spec()).frames
+        if frames is not None:
+            v = reference_embedding("visual", frames)[0]
+            expected.append((f"d-{i}", float(q @ (v / np.linalg.norm(v)))))
+    expected.sort(key=lambda t: -t[1])
+    assert_same_ranking(answer, expected[:4])
+    assert answer["collection"] == f"avindex-{model.model_version}"
+    other = build_model_dir(tmp_path / "other", seed=3)
+    done = run_cli("--qdrant-path", str(storage), "--model", str(other), "--audio",
+                   str(chosen[3]))
+    assert done.returncode == 1 and "model_mismatch" in done.stderr
