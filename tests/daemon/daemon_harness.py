@@ -1,9 +1,9 @@
 """Running real daemons in tests: in a thread (shared Qdrant client) or as a real process.
 
 Everything here talks to the real Tansu broker and real qdrant-client local mode; the only
-stand-ins are `LockedClient` (lets two in-process daemons share one local-mode client, which
-is not thread-safe by itself) and `FlakyClient` (injects Qdrant faults in front of the real
-client).
+stand-ins are `LockedClient` (the daemon's `SerialClient`: lets two in-process daemons share one
+local-mode client, which is not thread-safe by itself) and `FlakyClient` (injects Qdrant
+faults in front of the real client).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from avindex.daemon.app import Daemon
+from avindex.daemon.search import SerialClient
 from avindex.daemon.settings import Settings
 
 SESSION_MS = 6000  # Tansu waits about half of this on every group join
@@ -228,23 +229,9 @@ def header(record, name: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------- Qdrant
-class LockedClient:
-    """Serialises calls so two in-process daemons can share one local-mode client."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._client, name)
-        if not callable(attr):
-            return attr
-
-        def locked(*args, **kwargs):
-            with self._lock:
-                return attr(*args, **kwargs)
-
-        return locked
+# Serialises calls so two in-process daemons can share one local-mode client (the daemon's own
+# wrapper for local storage, used here around a client the test creates).
+LockedClient = SerialClient
 
 
 FAULTS: list[Callable[[], Exception]] = [

@@ -340,6 +340,15 @@ def test_cli_search_through_the_daemon(index, tmp_path):
 
 
 # ------------------------------------------------------------------------------ web page
+def upload_in_page(browser, panel: str, path: Path, player: str) -> list:
+    """Choose a file in a panel's input; the results shown: (media id, score, player src)."""
+    browser.set_file(f"#{panel}-file", path)
+    browser.wait(f"document.body.dataset.{panel}Done", 60)
+    return browser.evaluate(
+        f"[...document.querySelectorAll('#{panel}-results li')].map(li => "
+        f"[li.dataset.mediaId, Number(li.dataset.score), li.querySelector('{player}')?.src])")
+
+
 def test_web_page_in_headless_chromium(index, tmp_path):
     """Upload a sound and see the matching videos (playable), upload a video and get sounds,
     record with a (fake) microphone; results equal what POST /search answers."""
@@ -351,11 +360,7 @@ def test_web_page_in_headless_chromium(index, tmp_path):
         browser.goto(index.url + "/")
         browser.wait("document.getElementById('info').textContent.includes('40 items')")
         sound = index.clips[7]
-        browser.set_file("#sound-file", sound)
-        browser.wait("document.body.dataset.soundDone", 60)
-        shown = browser.evaluate(
-            "[...document.querySelectorAll('#sound-results li')].map(li => "
-            "[li.dataset.mediaId, Number(li.dataset.score), li.querySelector('video')?.src])")
+        shown = upload_in_page(browser, "sound", sound, "video")
         _, answer = post_search(index.url, file=sound, kind="audio", top_k=8)
         assert [(m, s) for m, s, _ in shown] == ranked(answer)
         assert all(src and "/media/" in src for _, _, src in shown)
@@ -365,14 +370,10 @@ def test_web_page_in_headless_chromium(index, tmp_path):
         browser.screenshot(shots / "web-sound-to-videos.png")
 
         video = index.clips[3]
-        browser.set_file("#video-file", video)
-        browser.wait("document.body.dataset.videoDone", 60)
-        heard = browser.evaluate(
-            "[...document.querySelectorAll('#video-results li')].map(li => "
-            "[li.dataset.mediaId, li.querySelector('audio')?.src])")
+        heard = upload_in_page(browser, "video", video, "audio")
         _, answer = post_search(index.url, file=video, kind="video", top_k=8)
-        assert [m for m, _ in heard] == [m for m, _ in ranked(answer)]
-        assert all(src for _, src in heard)
+        assert [(m, s) for m, s, _ in heard] == ranked(answer)
+        assert all(src and "/media/" in src for _, _, src in heard)
         browser.wait("document.querySelector('#video-results audio').readyState >= 1", 30)
         browser.screenshot(shots / "web-video-to-sounds.png")
 
