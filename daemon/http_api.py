@@ -25,7 +25,7 @@ from prometheus_client import Counter, Histogram
 
 from avindex.daemon.messages import Fetcher, ItemError
 from avindex.daemon.metrics import Metrics
-from avindex.daemon.multipart import MultipartError, boundary_of, parse_form
+from avindex.daemon.multipart import FormPart, MultipartError, boundary_of, parse_form
 from avindex.daemon.openapi import openapi_document
 from avindex.daemon.probes import Request, Response
 from avindex.daemon.search import Options, Searcher, SearchError
@@ -195,7 +195,7 @@ class HttpApi:
 class _Form:
     """Parsed form fields: the first part named 'file' and text fields by name."""
 
-    def __init__(self, parts) -> None:
+    def __init__(self, parts: list[FormPart]) -> None:
         self.file = next((p for p in parts if p.name == "file"), None)
         self._text = [(p.name, p.text) for p in parts if p.name != "file"]
 
@@ -217,7 +217,7 @@ def _fields(text: str | None) -> tuple[str, ...] | None:
     return tuple(f.strip() for f in text.split(",") if f.strip()) if text else None
 
 
-def _kind_of(part) -> str | None:
+def _kind_of(part: FormPart) -> str | None:
     """audio/video/image from the part's content type or file name; None: decide by content."""
     guess = part.content_type or mimetypes.guess_type(part.filename or "")[0] or ""
     major = guess.split("/", 1)[0].lower()

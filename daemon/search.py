@@ -15,7 +15,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,7 +222,7 @@ class Searcher:
                 "model_version": self.model_version, "results": results,
                 "took_ms": round(1000 * (time.perf_counter() - started), 1)}
 
-    def media_path(self, pid: str, check_file: Any) -> Path:
+    def media_path(self, pid: str, check_file: Callable[[str], Path]) -> Path:
         """The local file of an indexed point (its `file://` uri, checked by `check_file`)."""
         try:
             pid = str(uuid.UUID(pid))
