@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import queue
 import signal
 import threading
@@ -282,4 +283,9 @@ def main(args: argparse.Namespace) -> int:
     install_signal_handlers(daemon)
     code = daemon.run()
     log.info("avindex daemon exiting with code %d", code)
+    if daemon.force.is_set():
+        # Forced exit: everything was closed above; skip the interpreter's teardown (module
+        # finalisers, ONNX Runtime sessions), which takes seconds on a loaded machine.
+        logging.shutdown()
+        os._exit(code)
     return code

@@ -23,7 +23,7 @@ from kafka.structs import OffsetAndMetadata
 from avindex.daemon.messages import Record
 from avindex.daemon.settings import KafkaSettings
 
-__all__ = ["KafkaSource", "TopicPartition", "client_config"]
+__all__ = ["KafkaSource", "TopicPartition", "client_config", "release_parked_records"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,21 @@ def client_config(s: KafkaSettings) -> dict[str, Any]:
     if s.security_protocol in ("SSL", "SASL_SSL"):
         config["ssl_check_hostname"] = s.ssl_check_hostname
     return config
+
+
+def release_parked_records(consumer: KafkaConsumer) -> None:
+    """Work around a kafka-python 3.0.x stall after pause/resume.
+
+    The fetcher parks records fetched for a paused partition and puts them back only while its
+    in-line slot is `None`; an exhausted (falsy) batch left in that slot keeps them parked for
+    ever, and partitions with parked records are never fetched again: the consumer stops with
+    messages left. Emptying the exhausted slot before each poll lets the parked records return.
+    A client without these internals is left alone.
+    """
+    fetcher = getattr(consumer, "_fetcher", None)
+    current = getattr(fetcher, "_next_partition_records", None)
+    if current is not None and not current and hasattr(fetcher, "_paused_partition_records"):
+        fetcher._next_partition_records = None
 
 
 def _offset_meta(offsets: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
@@ -123,6 +138,7 @@ class KafkaSource:
         return self._consumer
 
     def poll(self, timeout_s: float, max_records: int) -> list[Record]:
+        release_parked_records(self.consumer)
         batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000),
                                      max_records=max(1, max_records))
         out = []
