@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 
@@ -30,6 +31,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-clips", type=int, default=3000, help="with --default")
     parser.add_argument("--val-clips", type=int, default=500, help="with --default")
     parser.add_argument("--test-clips", type=int, default=1000, help="with --default")
+    moved = parser.add_argument_group(
+        "the paper's extractors (vgg19, vggish): where their weights files are now, if they moved "
+        "since `avindex data features`; the sha256 recorded then must match")
+    moved.add_argument("--visual-weights", type=Path, metavar="FILE")
+    moved.add_argument("--audio-weights", type=Path, metavar="FILE")
+    moved.add_argument("--audio-pca", type=Path, metavar="FILE")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -44,9 +51,16 @@ def main(args: argparse.Namespace) -> int:
         )
     else:
         from avindex.exporters.writer import export_model_dir
+        from avindex.training.frontends.user_weights import WeightsFileError
 
-        manifest = export_model_dir(args.checkpoint, args.out, fp16=not args.no_fp16,
-                                    model_id=args.model_id)
+        weights = {"visual": args.visual_weights, "audio": args.audio_weights,
+                   "audio_pca": args.audio_pca}
+        try:
+            manifest = export_model_dir(args.checkpoint, args.out, fp16=not args.no_fp16,
+                                        model_id=args.model_id, weights=weights)
+        except WeightsFileError as exc:  # a file the user supplied: no traceback needed
+            print(f"avindex export: {exc}", file=sys.stderr)
+            return 2
     print(json.dumps({"out": str(args.out), "model_version": manifest["model_version"],
                       "embedding_dim": manifest["embedding_dim"],
                       "metrics": manifest.get("metrics", {})}))

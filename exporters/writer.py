@@ -23,6 +23,7 @@ from avindex.exporters.onnx_export import (
     parity,
 )
 from avindex.training.frontends import FrontendSpec, build_audio_frontend, build_visual_frontend
+from avindex.training.frontends.paper import with_weights
 from avindex.training.train import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,24 @@ def frontend_specs(ckpt: dict) -> tuple[FrontendSpec, FrontendSpec]:
 
 
 def export_model_dir(checkpoint: Path, out: Path, fp16: bool = True,
-                     model_id: str = "avindex-vaecca") -> dict:
-    """Export both chains of `checkpoint` into `out` (replaced atomically); returns the manifest."""
+                     model_id: str = "avindex-vaecca", weights: dict | None = None) -> dict:
+    """Export both chains of `checkpoint` into `out` (replaced atomically); returns the manifest.
+
+    `weights` ({"visual": FILE, "audio": FILE, "audio_pca": FILE}, all optional) says where the
+    user-supplied weights of the paper's extractors are now, if they moved since the features
+    were extracted; each must still have the sha256 recorded then.
+    """
     if out.exists() and not (out / "manifest.json").is_file():
         raise ValueError(f"{out} exists and is not a model directory; refusing to replace it")
     model, ckpt = load_checkpoint(checkpoint)
     model.eval()
     visual_spec, audio_spec = frontend_specs(ckpt)
+    weights = weights or {}
+    if weights.get("visual"):
+        visual_spec = with_weights(visual_spec, weights["visual"])
+    if weights.get("audio") or weights.get("audio_pca"):
+        audio_spec = with_weights(audio_spec, weights.get("audio") or audio_spec.params["weights"],
+                                  weights.get("audio_pca"))
     chains = {
         "visual": (VisualChain(build_visual_frontend(visual_spec), model), visual_spec),
         "audio": (AudioChain(build_audio_frontend(audio_spec), model), audio_spec),

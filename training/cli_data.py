@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 
 from avindex.training.frontends.registry import AUDIO_FRONTENDS, VISUAL_FRONTENDS
 
@@ -36,25 +37,68 @@ def configure(parser: argparse.ArgumentParser) -> None:
     feat.add_argument("--visual", default="efficientnet-lite0", choices=VISUAL_FRONTENDS)
     feat.add_argument("--audio", default="logmel", choices=AUDIO_FRONTENDS,
                       help="audio front-end: weight-free log-mel statistics or aiSFX")
-    feat.add_argument("--size", type=int, default=160, help="frame size fed to the visual net")
+    feat.add_argument("--size", type=int, default=None,
+                      help="frame size fed to the visual net (default 160; 224 for vgg19)")
     feat.add_argument("--fps", type=float, default=1.0, help="frames sampled per second")
     feat.add_argument("--max-frames", type=int, default=8, help="frames kept per clip")
     feat.add_argument("--max-seconds", type=float, default=10.0, help="audio kept per clip")
     feat.add_argument("--workers", type=int, default=None, help="decoding processes")
     feat.add_argument("--batch-size", type=int, default=16)
     feat.add_argument("--seed", type=int, default=0, help="seed for an assigned split")
+    paper = feat.add_argument_group(
+        "the paper's extractors, from weights files you supply (docs/frontends.md)")
+    paper.add_argument("--visual-weights", metavar="FILE",
+                       help="with --visual vgg19: a state dict in torchvision's vgg19 layout")
+    paper.add_argument("--visual-layer", choices=("fc7", "pool5"), default="fc7",
+                       help="with --visual vgg19: fc7 (4096-d) or pooled last conv block (512-d)")
+    paper.add_argument("--audio-weights", metavar="FILE",
+                       help="with --audio vggish: a state dict in torchvggish's layout")
+    paper.add_argument("--audio-pca", metavar="FILE",
+                       help="with --audio vggish: AudioSet PCA parameters (.npz or .pth)")
+    paper.add_argument("--audio-postprocess", choices=("pca", "none"), default=None,
+                       help="with --audio vggish: PCA whitening (default when PCA parameters "
+                       "are available) or the raw embedding")
     feat.set_defaults(data_main=_features_main)
+
+
+def _frontend_specs(args: argparse.Namespace):
+    """(visual, audio) specs from the arguments; user weights only where a front-end takes them."""
+    from avindex.training.frontends import default_audio_spec, default_visual_spec
+    from avindex.training.frontends.paper import vgg19_spec, vggish_spec
+    from avindex.training.frontends.user_weights import WeightsFileError
+
+    if bool(args.visual_weights) != (args.visual == "vgg19"):
+        raise WeightsFileError("--visual vgg19 and --visual-weights FILE go together "
+                               "(see docs/frontends.md)")
+    if bool(args.audio_weights) != (args.audio == "vggish") or (
+            args.audio_pca and not args.audio_weights):
+        raise WeightsFileError("--audio vggish and --audio-weights FILE go together; "
+                               "--audio-pca needs both (see docs/frontends.md)")
+    if args.visual == "vgg19":
+        visual = vgg19_spec(args.visual_weights, layer=args.visual_layer, size=args.size or 224,
+                            fps=args.fps, max_frames=args.max_frames)
+    else:
+        visual = default_visual_spec(args.visual, size=args.size or 160, fps=args.fps,
+                                     max_frames=args.max_frames)
+    if args.audio == "vggish":
+        audio = vggish_spec(args.audio_weights, pca=args.audio_pca,
+                            postprocess=args.audio_postprocess, max_seconds=args.max_seconds)
+    else:
+        audio = default_audio_spec(args.audio, max_seconds=args.max_seconds)
+    return visual, audio
 
 
 def _features_main(args: argparse.Namespace) -> int:
     from avindex.training.features import extract_features
-    from avindex.training.frontends import default_audio_spec, default_visual_spec
+    from avindex.training.frontends.user_weights import WeightsFileError
 
-    visual = default_visual_spec(args.visual, size=args.size, fps=args.fps,
-                                 max_frames=args.max_frames)
-    audio = default_audio_spec(args.audio, max_seconds=args.max_seconds)
-    fs = extract_features(args.media, args.out, visual, audio, workers=args.workers,
-                          batch_size=args.batch_size, split_seed=args.seed)
+    try:  # bad options or a bad weights file: say what is wrong, without a traceback
+        visual, audio = _frontend_specs(args)
+        fs = extract_features(args.media, args.out, visual, audio, workers=args.workers,
+                              batch_size=args.batch_size, split_seed=args.seed)
+    except WeightsFileError as exc:
+        print(f"avindex data features: {exc}", file=sys.stderr)
+        return 2
     summary = {
         "out": args.out,
         "visual_dim": fs.visual_dim,

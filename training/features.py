@@ -31,7 +31,7 @@ from avindex.training.frontends import (
     build_audio_frontend,
     build_visual_frontend,
 )
-from avindex.training.frontends.registry import PRETRAINED
+from avindex.training.frontends.registry import pretrained_entry
 from avindex.training.media_manifest import MediaItem, assign_splits, read_media_manifest
 
 log = logging.getLogger(__name__)
@@ -128,8 +128,7 @@ def extract_features(
     features = _to_feature_set(rows, media.class_names, split_seed)
     features.attrs = {
         "frontends": {"visual": visual.to_dict(), "audio": audio.to_dict()},
-        "pretrained": [PRETRAINED[s.name] | {"used_for": s.modality}
-                       for s in (visual, audio) if s.name in PRETRAINED],
+        "pretrained": [e for s in (visual, audio) if (e := pretrained_entry(s)) is not None],
         "class_names": media.class_names,
         "source_manifest": str(Path(manifest_csv).resolve()),
         "skipped": skipped,

@@ -35,8 +35,11 @@ class FrontendSpec:
         return AudioSpec(**self.decode)
 
 
-VISUAL_FRONTENDS = ("efficientnet-lite0",)
-AUDIO_FRONTENDS = ("logmel", "aisfx")
+VISUAL_FRONTENDS = ("efficientnet-lite0", "vgg19")
+AUDIO_FRONTENDS = ("logmel", "aisfx", "vggish")
+# The paper's extractors: weights come from a file the user supplies (specs in paper.py).
+USER_WEIGHTS = {"vgg19": "visual", "vggish": "audio"}
+USER_WEIGHTS_LICENCE = "weights supplied by the user: their licence is the user's responsibility"
 
 # Provenance of the pretrained parts, copied into feature files and model manifests.
 PRETRAINED = {
@@ -51,11 +54,43 @@ PRETRAINED = {
         "licence": "CC-BY-4.0 (weights), MIT (code)",
         "source": "checkpoint.pth from the aisfx wheel; network re-implemented in avindex",
     },
+    "vgg19": {
+        "name": "VGG19 (Simonyan & Zisserman 2015), torchvision layout",
+        "licence": USER_WEIGHTS_LICENCE,
+        "source": "weights supplied by the user (file and sha256 below); network "
+        "re-implemented in avindex",
+    },
+    "vggish": {
+        "name": "VGGish (Hershey et al. 2017, AudioSet), torchvggish layout",
+        "licence": USER_WEIGHTS_LICENCE,
+        "source": "weights supplied by the user (file and sha256 below); network and "
+        "log-mel preprocessing re-implemented in avindex",
+    },
 }
+
+
+def pretrained_entry(spec: FrontendSpec) -> dict | None:
+    """The provenance record of a front-end's pretrained part (None for a weight-free one)."""
+    if spec.name not in PRETRAINED:
+        return None
+    entry = PRETRAINED[spec.name] | {"used_for": spec.modality}
+    if spec.name in USER_WEIGHTS:
+        from avindex.training.frontends.paper import provenance
+
+        entry |= provenance(spec)
+    return entry
+
+
+def _needs_weights(name: str) -> None:
+    if name in USER_WEIGHTS:
+        flag = f"--{USER_WEIGHTS[name]}-weights"
+        raise ValueError(f"front-end {name!r} needs a weights file you supply ({flag} FILE, "
+                         f"or avindex.training.frontends.paper.{name}_spec)")
 
 
 def default_visual_spec(name: str = "efficientnet-lite0", size: int = 160, fps: float = 1.0,
                         max_frames: int = 8) -> FrontendSpec:
+    _needs_weights(name)
     if name not in VISUAL_FRONTENDS:
         raise ValueError(f"unknown visual front-end {name!r}; choose from {VISUAL_FRONTENDS}")
     return FrontendSpec("visual", name, {"size": size},
@@ -63,6 +98,7 @@ def default_visual_spec(name: str = "efficientnet-lite0", size: int = 160, fps: 
 
 
 def default_audio_spec(name: str = "logmel", max_seconds: float = 10.0) -> FrontendSpec:
+    _needs_weights(name)
     if name == "logmel":
         return FrontendSpec("audio", name, {"sample_rate": 16000},
                             {"sample_rate": 16000, "max_seconds": max_seconds})
@@ -76,6 +112,10 @@ def build_visual_frontend(spec: FrontendSpec) -> nn.Module:
         from avindex.training.frontends.efficientnet import EfficientNetLite0Frames
 
         return EfficientNetLite0Frames(**spec.params).eval()
+    if spec.name == "vgg19":
+        from avindex.training.frontends.vgg19 import VGG19Frames
+
+        return VGG19Frames(**spec.params).eval()
     raise ValueError(f"unknown visual front-end {spec.name!r}")
 
 
@@ -88,4 +128,8 @@ def build_audio_frontend(spec: FrontendSpec) -> nn.Module:
         from avindex.training.frontends.aisfx import AisfxEmbedding
 
         return AisfxEmbedding(**spec.params).eval()
+    if spec.name == "vggish":
+        from avindex.training.frontends.vggish import VGGishEmbedding
+
+        return VGGishEmbedding(**spec.params).eval()
     raise ValueError(f"unknown audio front-end {spec.name!r}")

@@ -25,15 +25,21 @@ def mel_to_hz(mel: np.ndarray) -> np.ndarray:
 
 
 def mel_filterbank(
-    sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float, unit_sum: bool = False
+    sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float, unit_sum: bool = False,
+    mel_domain: bool = False,
 ) -> np.ndarray:
     """Triangular HTK-mel filters, (n_mels, n_fft // 2 + 1).
 
     unit_sum=True scales each filter to sum to 1 (Essentia's 'unit_sum', used by aiSFX);
-    otherwise filters peak at 1.
+    otherwise filters peak at 1. mel_domain=True makes the triangles linear in mel rather than
+    in Hz (TensorFlow's and VGGish's mel matrix).
     """
     freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
-    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    edges = np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2)
+    if mel_domain:
+        freqs = hz_to_mel(freqs)
+    else:
+        edges = mel_to_hz(edges)
     lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     rising = (freqs[None, :] - lower) / np.maximum(centre - lower, 1e-9)
     falling = (upper - freqs[None, :]) / np.maximum(upper - centre, 1e-9)
@@ -55,28 +61,37 @@ class PowerMelSpectrogram(nn.Module):
         fmin: float,
         fmax: float,
         unit_sum: bool = False,
+        win_length: int | None = None,
+        magnitude: bool = False,
+        bank: np.ndarray | None = None,
     ) -> None:
+        """win_length < n_fft: frames of win_length samples, zero-padded to n_fft for the DFT
+        (VGGish); magnitude: filter |X| instead of |X|^2; bank: a ready (n_mels, K) filterbank."""
         super().__init__()
-        self.n_fft, self.hop_length = n_fft, hop_length
-        n = np.arange(n_fft)
-        window = 0.5 - 0.5 * np.cos(2.0 * math.pi * n / n_fft)  # periodic Hann
+        self.n_fft, self.hop_length, self.magnitude = n_fft, hop_length, magnitude
+        self.win_length = win_length or n_fft  # samples per frame
+        n = np.arange(self.win_length)
+        window = 0.5 - 0.5 * np.cos(2.0 * math.pi * n / self.win_length)  # periodic Hann
         k = np.arange(n_fft // 2 + 1)[:, None]
         phase = 2.0 * math.pi * k * n[None, :] / n_fft
-        basis = np.concatenate([np.cos(phase) * window, -np.sin(phase) * window])  # (2K, n_fft)
+        basis = np.concatenate([np.cos(phase) * window, -np.sin(phase) * window])  # (2K, win)
         self.register_buffer("dft", torch.from_numpy(basis.astype(np.float32)).unsqueeze(1))
-        bank = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax, unit_sum)
+        if bank is None:
+            bank = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax, unit_sum)
         self.register_buffer("mel", torch.from_numpy(bank))  # (M, K)
 
     def forward(
         self, waveform: torch.Tensor, num_samples: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         waveform = waveform * length_mask(num_samples, waveform.shape[1])  # zero any padding
-        short = max(0, self.n_fft - waveform.shape[1])
+        short = max(0, self.win_length - waveform.shape[1])
         if short:
             waveform = F.pad(waveform, (0, short))
         spec = F.conv1d(waveform.unsqueeze(1), self.dft, stride=self.hop_length)  # (B, 2K, F)
         real, imag = spec.chunk(2, dim=1)
         power = real * real + imag * imag  # (B, K, F)
+        if self.magnitude:
+            power = torch.sqrt(power)
         mel = torch.matmul(self.mel, power)  # (B, M, F)
-        frames = (num_samples - self.n_fft).clamp_min(0) // self.hop_length + 1
+        frames = (num_samples - self.win_length).clamp_min(0) // self.hop_length + 1
         return mel, frames
