@@ -342,11 +342,14 @@ class Demo:
         if status != 200:
             print(f"    search failed: {answer.get('error')}: {answer.get('message')}")
             return
+        right = 0
         for hit in answer["results"]:
             meta = hit["payload"].get("metadata") or {}
-            mark = "ok" if str(meta.get("label")) == str(label) else "--"
-            print(f"    {hit['rank']}. {hit['score']:.3f}  {mark}  {describe(meta):<22} "
-                  f"{hit['media_id']}")
+            match = str(meta.get("label")) == str(label)
+            right += match
+            print(f"    {hit['rank']}. {hit['score']:.3f}  {'ok' if match else '--'}  "
+                  f"{describe(meta):<22} {hit['media_id']}")
+        print(f"    {right} of {len(answer['results'])} are a {label}")
 
     def mean_average_precision(self, rows: list[dict]) -> dict[str, float]:
         """MAP over the demo set: indexed clips as queries by their stored vectors, each ranking
