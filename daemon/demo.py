@@ -200,7 +200,7 @@ class Demo:
             build_default_model(model)
         return model
 
-    def corpus_rows(self, model: Path) -> tuple[list[dict], Path]:
+    def corpus_rows(self, model: Path) -> list[dict]:
         manifest = self.args.corpus or model.with_name(model.name + ".work") / "avdigits" \
             / "manifest.csv"
         if not manifest.is_file():
@@ -214,7 +214,7 @@ class Demo:
         for row in rows:
             row["path"] = str((manifest.parent / row["path"]).resolve())
         say(f"corpus: {manifest} ({len(rows)} {self.args.split} clips)")
-        return rows, manifest.parent.resolve()
+        return rows
 
     def build_corpus(self) -> Path:
         n_test = max(self.args.clips or 300, 10 + len(QUERY_DIGITS))
@@ -245,7 +245,7 @@ class Demo:
             self._wait(lambda: _kafka_answers(bootstrap), 30, "the broker", broker)
         return bootstrap
 
-    def start_daemon(self, model: Path, bootstrap: str, media_root: Path, n: int) -> str:
+    def start_daemon(self, model: Path, bootstrap: str, media_roots: list[str], n: int) -> str:
         port = self.args.port or free_port()
         if not port_free(port):
             port = free_port()
@@ -261,7 +261,7 @@ class Demo:
                       "group_id": f"avindex-demo-{uuid.uuid4().hex[:8]}",
                       "dead_letter_topic": f"{topic}.dlq", "session_timeout_ms": 6000,
                       "heartbeat_interval_ms": 1000},
-            "media": {"allowed_roots": [str(media_root)]},
+            "media": {"allowed_roots": media_roots},
             "qdrant": {**qdrant, "collection_prefix": "avindex-demo", "alias": "avindex-demo",
                        "alias_policy": "always"},
             "http": {"host": "127.0.0.1", "port": port, "max_top_k": max(1000, n)},
@@ -319,8 +319,12 @@ class Demo:
                     done = now
         status, text = http_get(self.url + "/metrics")
         dead = metric_sum(text.decode(), "avindex_messages_dead_lettered_total")
+        if dead >= n:
+            raise SystemExit(f"avindex demo: every clip was dead-lettered; the reasons are in "
+                             f"{self.state / 'daemon.log'} (use --state DIR to keep it)")
         if dead:
-            say(f"{dead:.0f} clips were dead-lettered (see {self.state / 'daemon.log'})")
+            say(f"{dead:.0f} clips were dead-lettered (see {self.state / 'daemon.log'}); the "
+                "MAP leaves them out")
 
     def show_queries(self, queries: list[dict]) -> None:
         with step("cross-modal queries with held-out clips", 20 + 5 * len(queries)):
@@ -369,11 +373,14 @@ class Demo:
                 for row in chosen:
                     status, answer = post_search(self.url, media_id=row["id"], by=by, top_k=n,
                                                  fields="media_id")
+                    if status == 404:  # dead-lettered, not indexed
+                        continue
                     if status != 200:
                         raise SystemExit(f"avindex demo: MAP query failed: {answer}")
                     ranked = [labels.get(h["media_id"]) for h in answer["results"]]
                     aps.append(average_precision([lab == row["label"] for lab in ranked]))
                 out[name] = float(np.mean(aps))
+                out["queries"] = float(len(aps))
             out["mean"] = (out["A->V"] + out["V->A"]) / 2
         return out
 
@@ -409,14 +416,16 @@ class Demo:
     def run(self) -> int:
         started = time.monotonic()
         model = self.ensure_model()
-        rows, media_root = self.corpus_rows(model)
+        rows = self.corpus_rows(model)
         queries = [next(r for r in rows if int(r["label"]) == d) for d in QUERY_DIGITS
                    if any(int(r["label"]) == d for r in rows)]
         stream = [r for r in rows if r not in queries]
         if self.args.clips:
             stream = stream[: self.args.clips]
         bootstrap = self.start_broker()
-        self.start_daemon(model, bootstrap, media_root, len(stream))
+        # the folders the clips really are in (symlinks resolved, as the daemon checks them)
+        roots = sorted({str(Path(r["path"]).parent) for r in stream})
+        self.start_daemon(model, bootstrap, roots, len(stream))
         self.produce(bootstrap, stream)
         self.wait_indexed(len(stream))
         say(f"set-up finished in {time.monotonic() - started:.0f}s")

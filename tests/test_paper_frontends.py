@@ -22,11 +22,13 @@ from avindex.exporters.writer import export_model_dir, frontend_specs
 from avindex.training.features import extract_features, pad_audio, pad_frames
 from avindex.training.features_h5 import load_features
 from avindex.training.frontends import build_audio_frontend, build_visual_frontend
-from avindex.training.frontends.paper import vgg19_spec, vggish_spec
+from avindex.training.frontends.inception import InceptionV3Frames, InceptionV3Net
+from avindex.training.frontends.paper import inception_v3_spec, vgg19_spec, vggish_spec
 from avindex.training.frontends.user_weights import WeightsFileError
 from avindex.training.frontends.vgg19 import VGG19Frames, VGG19Net
 from avindex.training.frontends.vggish import VGGishEmbedding, VGGishNet
 from avindex.training.media_manifest import read_media_manifest
+from avindex.training.model import VAECCA, VAECCAConfig
 from avindex.training.train import TrainConfig, load_checkpoint, train
 
 SIZE = 64  # frame size in these tests: VGG19 runs at any size; 224 is the default
@@ -46,10 +48,14 @@ def _trained_like(net: torch.nn.Module) -> torch.nn.Module:
     for m in net.modules():
         if isinstance(m, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            torch.nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
         elif isinstance(m, torch.nn.Linear):
             torch.nn.init.normal_(m.weight, 0.0, 0.01)
             torch.nn.init.zeros_(m.bias)
+        elif isinstance(m, torch.nn.BatchNorm2d):  # non-trivial statistics, as trained ones are
+            m.running_mean.normal_(0.0, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
     return net
 
 
@@ -74,6 +80,14 @@ def weights(tmp_path_factory):
 
 
 # ---- layouts: accepted exactly, everything else refused with a message that says why ---------
+
+
+def test_networks_have_torchvisions_parameter_counts():
+    """torchvision's published sizes (weights meta "num_params") of vgg19 and inception_v3."""
+    with torch.device("meta"):
+        vgg, inception = VGG19Net(), InceptionV3Net(with_heads=True)
+    assert sum(p.numel() for p in vgg.parameters()) == 143_667_240
+    assert sum(p.numel() for p in inception.parameters()) == 27_161_264
 
 
 def test_vgg19_layout_errors_name_the_problem(weights):
@@ -285,3 +299,65 @@ def test_onnx_equals_pytorch_on_real_clips(modality, exported):
     for g, w in zip(got, want, strict=True):
         assert g.shape == tuple(w.shape)
         assert np.abs(g - w.numpy()).max() <= 1e-4
+
+
+# ---- Inception-v3 --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def inception_file(tmp_path_factory):
+    """torchvision's inception_v3 layout without the unused heads and batch-norm counters."""
+    torch.manual_seed(8)
+    state = _trained_like(InceptionV3Net()).state_dict()
+    path = tmp_path_factory.mktemp("inception") / "inception_v3.pth"
+    torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, path)
+    return path
+
+
+def test_inception_layout_and_padding(inception_file, tmp_path):
+    state = torch.load(inception_file, weights_only=True)
+    del state["Mixed_7c.branch_pool.conv.weight"]
+    torch.save(state, tmp_path / "cut.pth")
+    with pytest.raises(WeightsFileError, match=r"missing Mixed_7c\.branch_pool\.conv\.weight"):
+        InceptionV3Frames(str(tmp_path / "cut.pth"))
+    frontend = InceptionV3Frames(str(inception_file), size=96)
+    frames = torch.randint(0, 256, (2, 2, 96, 96, 3), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(9))
+    with torch.inference_mode():
+        batch = frontend(frames, torch.tensor([2, 1]))
+        alone = frontend(frames[1:, :1], torch.tensor([1]))
+    assert batch.shape == (2, 2048)
+    assert torch.allclose(batch[1:], alone, atol=1e-4 * float(alone.abs().max()))
+
+
+def _visual_chain_parity(spec, visual_dim: int, tiny_corpus, tmp_path) -> None:
+    """export_chain of front-end + a small encoder; ONNX == PyTorch on 2 real clips."""
+    from avindex.exporters.onnx_export import export_chain
+
+    torch.manual_seed(10)
+    model = VAECCA(VAECCAConfig(visual_dim=visual_dim, audio_dim=128, hidden_dim=32, latent_dim=8))
+    chain = VisualChain(build_visual_frontend(spec), model.eval())
+    path = export_chain(chain, "visual", spec.decode, tmp_path / "visual.onnx")
+    items = [i for i in read_media_manifest(tiny_corpus).items if i.split == "test"][:2]
+    media = [decode_media(i.path, spec.visual_spec(), None) for i in items]
+    inputs = pad_frames([m.frames for m in media])
+    session = onnx_session(path)
+    got = session.run(None, {"frames": inputs[0].numpy(), "num_frames": inputs[1].numpy()})
+    with torch.inference_mode():
+        want = chain(*inputs)
+    for g, w in zip(got, want, strict=True):
+        assert np.abs(g - w.numpy()).max() <= 1e-4
+
+
+@pytest.mark.slow  # exporting Inception-v3's graph takes about a minute on 2 cores
+def test_inception_chain_onnx_equals_pytorch_on_real_clips(inception_file, tiny_corpus, tmp_path):
+    spec = inception_v3_spec(inception_file, size=96, max_frames=3)
+    _visual_chain_parity(spec, 2048, tiny_corpus, tmp_path)
+
+
+@pytest.mark.slow  # a 575 MB weights file and a 560 MB graph
+def test_vgg19_fc7_chain_at_224_onnx_equals_pytorch_on_real_clips(tiny_corpus, tmp_path):
+    torch.manual_seed(11)
+    torch.save(_trained_like(VGG19Net()).state_dict(), tmp_path / "vgg19.pth")
+    spec = vgg19_spec(tmp_path / "vgg19.pth", layer="fc7", size=224, max_frames=3)
+    _visual_chain_parity(spec, 4096, tiny_corpus, tmp_path)

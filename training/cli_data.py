@@ -38,7 +38,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     feat.add_argument("--audio", default="logmel", choices=AUDIO_FRONTENDS,
                       help="audio front-end: weight-free log-mel statistics or aiSFX")
     feat.add_argument("--size", type=int, default=None,
-                      help="frame size fed to the visual net (default 160; 224 for vgg19)")
+                      help="frame size fed to the visual net (default 160; 224 for vgg19, "
+                      "299 for inception-v3)")
     feat.add_argument("--fps", type=float, default=1.0, help="frames sampled per second")
     feat.add_argument("--max-frames", type=int, default=8, help="frames kept per clip")
     feat.add_argument("--max-seconds", type=float, default=10.0, help="audio kept per clip")
@@ -48,7 +49,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     paper = feat.add_argument_group(
         "the paper's extractors, from weights files you supply (docs/frontends.md)")
     paper.add_argument("--visual-weights", metavar="FILE",
-                       help="with --visual vgg19: a state dict in torchvision's vgg19 layout")
+                       help="with --visual vgg19 or inception-v3: a state dict in "
+                       "torchvision's layout for that network")
     paper.add_argument("--visual-layer", choices=("fc7", "pool5"), default="fc7",
                        help="with --visual vgg19: fc7 (4096-d) or pooled last conv block (512-d)")
     paper.add_argument("--audio-weights", metavar="FILE",
@@ -64,12 +66,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _frontend_specs(args: argparse.Namespace):
     """(visual, audio) specs from the arguments; user weights only where a front-end takes them."""
     from avindex.training.frontends import default_audio_spec, default_visual_spec
-    from avindex.training.frontends.paper import vgg19_spec, vggish_spec
+    from avindex.training.frontends.paper import inception_v3_spec, vgg19_spec, vggish_spec
     from avindex.training.frontends.user_weights import WeightsFileError
 
-    if bool(args.visual_weights) != (args.visual == "vgg19"):
-        raise WeightsFileError("--visual vgg19 and --visual-weights FILE go together "
-                               "(see docs/frontends.md)")
+    if bool(args.visual_weights) != (args.visual in ("vgg19", "inception-v3")):
+        raise WeightsFileError("--visual vgg19 or inception-v3 and --visual-weights FILE go "
+                               "together (see docs/frontends.md)")
     if bool(args.audio_weights) != (args.audio == "vggish") or (
             args.audio_pca and not args.audio_weights):
         raise WeightsFileError("--audio vggish and --audio-weights FILE go together; "
@@ -77,6 +79,9 @@ def _frontend_specs(args: argparse.Namespace):
     if args.visual == "vgg19":
         visual = vgg19_spec(args.visual_weights, layer=args.visual_layer, size=args.size or 224,
                             fps=args.fps, max_frames=args.max_frames)
+    elif args.visual == "inception-v3":
+        visual = inception_v3_spec(args.visual_weights, size=args.size or 299, fps=args.fps,
+                                   max_frames=args.max_frames)
     else:
         visual = default_visual_spec(args.visual, size=args.size or 160, fps=args.fps,
                                      max_frames=args.max_frames)

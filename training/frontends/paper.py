@@ -31,6 +31,16 @@ def vgg19_spec(weights: str | Path, layer: str = "fc7", size: int = 224, fps: fl
                         {"fps": fps, "size": size, "max_frames": max_frames})
 
 
+def inception_v3_spec(weights: str | Path, size: int = 299, fps: float = 1.0,
+                      max_frames: int = 8) -> FrontendSpec:
+    from avindex.training.frontends.inception import LAYOUT
+
+    path, digest = _file(weights, "Inception-v3", LAYOUT)
+    return FrontendSpec("visual", "inception-v3",
+                        {"weights": path, "weights_sha256": digest, "size": size},
+                        {"fps": fps, "size": size, "max_frames": max_frames})
+
+
 def vggish_spec(weights: str | Path, pca: str | Path | None = None,
                 postprocess: str | None = None, max_seconds: float = 10.0) -> FrontendSpec:
     """postprocess None: 'pca' when PCA parameters are available (a PCA file or in weights)."""

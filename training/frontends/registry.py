@@ -35,10 +35,10 @@ class FrontendSpec:
         return AudioSpec(**self.decode)
 
 
-VISUAL_FRONTENDS = ("efficientnet-lite0", "vgg19")
+VISUAL_FRONTENDS = ("efficientnet-lite0", "vgg19", "inception-v3")
 AUDIO_FRONTENDS = ("logmel", "aisfx", "vggish")
 # The paper's extractors: weights come from a file the user supplies (specs in paper.py).
-USER_WEIGHTS = {"vgg19": "visual", "vggish": "audio"}
+USER_WEIGHTS = {"vgg19": "visual", "inception-v3": "visual", "vggish": "audio"}
 USER_WEIGHTS_LICENCE = "weights supplied by the user: their licence is the user's responsibility"
 
 # Provenance of the pretrained parts, copied into feature files and model manifests.
@@ -56,6 +56,12 @@ PRETRAINED = {
     },
     "vgg19": {
         "name": "VGG19 (Simonyan & Zisserman 2015), torchvision layout",
+        "licence": USER_WEIGHTS_LICENCE,
+        "source": "weights supplied by the user (file and sha256 below); network "
+        "re-implemented in avindex",
+    },
+    "inception-v3": {
+        "name": "Inception-v3 (Szegedy et al. 2016), torchvision layout",
         "licence": USER_WEIGHTS_LICENCE,
         "source": "weights supplied by the user (file and sha256 below); network "
         "re-implemented in avindex",
@@ -85,7 +91,7 @@ def _needs_weights(name: str) -> None:
     if name in USER_WEIGHTS:
         flag = f"--{USER_WEIGHTS[name]}-weights"
         raise ValueError(f"front-end {name!r} needs a weights file you supply ({flag} FILE, "
-                         f"or avindex.training.frontends.paper.{name}_spec)")
+                         f"or avindex.training.frontends.paper.{name.replace('-', '_')}_spec)")
 
 
 def default_visual_spec(name: str = "efficientnet-lite0", size: int = 160, fps: float = 1.0,
@@ -116,6 +122,10 @@ def build_visual_frontend(spec: FrontendSpec) -> nn.Module:
         from avindex.training.frontends.vgg19 import VGG19Frames
 
         return VGG19Frames(**spec.params).eval()
+    if spec.name == "inception-v3":
+        from avindex.training.frontends.inception import InceptionV3Frames
+
+        return InceptionV3Frames(**spec.params).eval()
     raise ValueError(f"unknown visual front-end {spec.name!r}")
 
 

@@ -77,13 +77,15 @@ def network_shapes() -> dict[str, tuple[int, ...]]:
 
 
 def weights_have_pca(weights: str | Path) -> bool:
-    """Whether the weights file carries torchvggish's PCA parameters (read lazily, no copy)."""
-    try:
-        names = torch.load(Path(weights).expanduser(), map_location="cpu", weights_only=True,
-                           mmap=True).keys()
-    except Exception:  # unreadable: VGGishEmbedding reports it with the expected layout
-        return False
-    return set(PCA_IN_WEIGHTS) <= set(names)
+    """Whether the weights file carries torchvggish's PCA parameters (memory-mapped if it can)."""
+    path = Path(weights).expanduser()
+    for mmap in (True, False):  # files in torch's legacy (non-zip) format cannot be mapped
+        try:
+            names = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap).keys()
+        except Exception:  # unreadable: VGGishEmbedding reports it with the expected layout
+            continue
+        return set(PCA_IN_WEIGHTS) <= set(names)
+    return False
 
 
 def load_vggish(weights: str | Path, pca: str | Path | None = None,
