@@ -359,23 +359,18 @@ def test_web_page_in_headless_chromium(index, tmp_path):
     try:
         browser.goto(index.url + "/")
         browser.wait("document.getElementById('info').textContent.includes('40 items')")
-        sound = index.clips[7]
-        shown = upload_in_page(browser, "sound", sound, "video")
-        _, answer = post_search(index.url, file=sound, kind="audio", top_k=8)
-        assert [(m, s) for m, s, _ in shown] == ranked(answer)
-        assert all(src and "/media/" in src for _, _, src in shown)
-        # the first video really plays: metadata loaded, decodable frames
-        browser.wait("document.querySelector('#sound-results video').readyState >= 2", 30)
+        # a sound finds videos (playable), a video's pictures find sounds
+        for panel, clip, kind, player in (("sound", index.clips[7], "audio", "video"),
+                                          ("video", index.clips[3], "video", "audio")):
+            shown = upload_in_page(browser, panel, clip, player)
+            _, answer = post_search(index.url, file=clip, kind=kind, top_k=8)
+            assert [(m, s) for m, s, _ in shown] == ranked(answer)
+            assert all(src and "/media/" in src for _, _, src in shown)
+            ready = 2 if player == "video" else 1  # frames decoded / metadata loaded
+            browser.wait(f"document.querySelector('#{panel}-results {player}').readyState "
+                         f">= {ready}", 30)
+            browser.screenshot(shots / f"web-{panel}-query.png")
         assert browser.evaluate("document.querySelector('#sound-results video').videoWidth") == 64
-        browser.screenshot(shots / "web-sound-to-videos.png")
-
-        video = index.clips[3]
-        heard = upload_in_page(browser, "video", video, "audio")
-        _, answer = post_search(index.url, file=video, kind="video", top_k=8)
-        assert [(m, s) for m, s, _ in heard] == ranked(answer)
-        assert all(src and "/media/" in src for _, _, src in heard)
-        browser.wait("document.querySelector('#video-results audio').readyState >= 1", 30)
-        browser.screenshot(shots / "web-video-to-sounds.png")
 
         # record a second of the fake microphone (a beep) and search with it
         browser.evaluate("delete document.body.dataset.soundDone")
