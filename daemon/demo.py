@@ -471,6 +471,8 @@ def main(args: argparse.Namespace) -> int:
     def handler(signum, frame) -> None:
         say("stopping ...")
         demo.stop_requested.set()
+        if not demo.children:  # building the model or corpus: nothing polls the flag there
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
