@@ -5,6 +5,7 @@ machine noise hits both alike; reports the median of --repeats timings per (moda
 batch size) and the ratio ORT / PyTorch. Goal: ONNX Runtime >= 1.3x PyTorch at batch 32.
 
     python bench/export_throughput.py --checkpoint RUN/checkpoint.pt --media MANIFEST.csv
+    # on a GPU: --provider CUDAExecutionProvider --torch-device cuda
 
 Writes bench/results/export_throughput.json and .png.
 """
@@ -69,6 +70,10 @@ def main() -> None:
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--provider", default="CPUExecutionProvider",
+                   help="ONNX Runtime execution provider (CUDAExecutionProvider, "
+                   "TensorrtExecutionProvider; CPU stays as the fallback)")
+    p.add_argument("--torch-device", default="cpu", help="device of the PyTorch side (cuda)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -77,6 +82,7 @@ def main() -> None:
     vspec, aspec = frontend_specs(ckpt)
     chains = {"visual": (VisualChain(build_visual_frontend(vspec), model).eval(), vspec),
               "audio": (AudioChain(build_audio_frontend(aspec), model).eval(), aspec)}
+    providers = list(dict.fromkeys([args.provider, "CPUExecutionProvider"]))
     clips = decoded_clips(args.media, vspec, aspec, 32)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,15 +91,20 @@ def main() -> None:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = args.threads
             opts.log_severity_level = 3
-            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(path), opts, providers=providers)
             names = [i.name for i in session.get_inputs()]
             for b in (int(x) for x in args.batches.split(",")):
                 inputs = batch_inputs(modality, clips, b)
                 feeds = {n: x.numpy() for n, x in zip(names, inputs, strict=True)}
 
-                def run_torch(chain=chain, inputs=inputs):
+                chain.to(args.torch_device)
+                on_device = [x.to(args.torch_device) for x in inputs]
+
+                def run_torch(chain=chain, inputs=on_device):
                     with torch.inference_mode():
                         chain(*inputs)
+                    if args.torch_device.startswith("cuda"):
+                        torch.cuda.synchronize()
 
                 def run_ort(session=session, feeds=feeds):
                     session.run(None, feeds)
@@ -103,7 +114,8 @@ def main() -> None:
                     t_torch += timed(run_torch, 1)
                     t_ort += timed(run_ort, 1)
                 row = {
-                    "modality": modality, "batch": b,
+                    "modality": modality, "batch": b, "provider": session.get_providers()[0],
+                    "torch_device": args.torch_device,
                     "torch_clips_per_s": b / statistics.median(t_torch),
                     "ort_clips_per_s": b / statistics.median(t_ort),
                 }
