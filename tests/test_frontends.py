@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from avindex.daemon.media import VisualSpec, decode_media
+from avindex.training.features import pad_audio
 from avindex.training.frontends import (
     build_audio_frontend,
     build_visual_frontend,
@@ -132,3 +133,66 @@ def test_missing_aisfx_weights_name_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(aisfx.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(MissingWeightsError, match="pip download --no-deps aisfx"):
         aisfx.read_aisfx_checkpoint()
+
+
+@pytest.fixture(scope="module")
+def speech():
+    return build_audio_frontend(default_audio_spec("speech"))
+
+
+def _speech_like(seconds: float, seed: int) -> np.ndarray:
+    """Noise with a louder voiced burst (a 150 Hz pulse train through noise) in the middle."""
+    rng = np.random.default_rng(seed)
+    n = int(16000 * seconds)
+    wave = rng.standard_normal(n) * 0.003
+    t = np.arange(n // 3) / 16000
+    burst = np.sign(np.sin(2 * np.pi * 150 * t)) * rng.standard_normal(n // 3) * 0.2
+    wave[n // 3 : n // 3 + burst.size] += burst
+    return wave.astype(np.float32)
+
+
+def test_speech_frontend_equals_the_wheels_onnx_graphs(speech):
+    """Our torch copy of melspectrogram.onnx + embedding_model.onnx computes what they compute,
+    run the way openwakeword runs them (int16 scale, x/10 + 2, 76-frame windows every 8)."""
+    import onnxruntime as ort
+
+    from avindex.training.frontends.speech import read_speech_graphs
+
+    graphs = read_speech_graphs()
+    mel = ort.InferenceSession(graphs["melspectrogram.onnx"], providers=["CPUExecutionProvider"])
+    net = ort.InferenceSession(graphs["embedding_model.onnx"], providers=["CPUExecutionProvider"])
+    wave = _speech_like(2.5, 3)
+    spec = mel.run(None, {"input": (wave * 32768.0)[None]})[0].squeeze() / 10 + 2  # (F, 32)
+    windows = np.stack([spec[i : i + 76] for i in range(0, spec.shape[0] - 75, 8)])
+    want = net.run(None, {"input_1": windows[..., None].astype(np.float32)})[0].reshape(-1, 96)
+    with torch.inference_mode():
+        ours, frames, _ = speech.mel(torch.from_numpy(wave)[None], torch.tensor([wave.size]))
+        emb, mask, _ = speech.windows(torch.from_numpy(wave)[None], torch.tensor([wave.size]))
+    assert int(frames[0]) == spec.shape[0]
+    assert np.abs(ours[0, : spec.shape[0]].numpy() - spec).max() < 1e-4
+    assert int(mask.sum()) == len(want)
+    assert np.abs(emb[0, : len(want)].numpy() - want).max() < 1e-3 * np.abs(want).max()
+
+
+def test_speech_frontend_shape_determinism_and_padding(speech):
+    waves = [_speech_like(s, i) for i, s in enumerate((3.0, 1.2, 0.4))]  # last < one window
+    batch_in, counts = pad_audio(waves)
+    with torch.inference_mode():
+        batch = speech(batch_in, counts)
+        again = speech(batch_in, counts)
+        alone = torch.cat([speech(torch.from_numpy(w)[None], torch.tensor([w.size]))
+                           for w in waves])
+    assert batch.shape == (3, speech.output_dim) == (3, 288)
+    assert torch.isfinite(batch).all()
+    assert torch.equal(batch, again)
+    assert torch.allclose(batch, alone, atol=1e-4)
+    assert (batch[0] - batch[1]).abs().max() > 0.1  # different clips, different vectors
+
+
+def test_speech_frontend_without_the_wheel_says_what_to_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("AVINDEX_WEIGHTS_DIR", str(tmp_path))
+    real = importlib.util.find_spec  # hide an installed openwakeword, if any
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "openwakeword" else real(name, *a))
+    with pytest.raises(MissingWeightsError, match=r"setup\.sh.*--no-deps openwakeword==0\.5\.1"):
+        build_audio_frontend(default_audio_spec("speech"))

