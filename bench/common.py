@@ -234,18 +234,23 @@ def model_dir(explicit: Path | None) -> Path:
     return MODEL_DIR
 
 
+def work_dir(model: Path) -> Path:
+    """The recipe's work folder next to a model directory it built (`<model>.work`)."""
+    return model.with_name(model.name + ".work")
+
+
 def checkpoint(model: Path) -> Path:
-    """The training checkpoint behind the recipe's model (for the PyTorch-eager baseline)."""
-    path = MODEL_WORK / "train" / "checkpoint.pt"
-    if model != MODEL_DIR or not path.is_file():
-        raise SystemExit(f"no checkpoint for {model}: the naive baseline needs the recipe's "
-                         f"model ({MODEL_DIR}), built by running without --model")
+    """The training checkpoint behind a recipe-built model (for the PyTorch-eager baseline)."""
+    path = work_dir(model) / "train" / "checkpoint.pt"
+    if not path.is_file():
+        raise SystemExit(f"no checkpoint at {path}: the naive baseline needs a model built by "
+                         "the default-model recipe (run without --model to build one)")
     return path
 
 
-def corpus_clips() -> list[Path]:
-    """The AV-digits clips the recipe's model was built from (real h264 + aac MP4 files)."""
-    return sorted((MODEL_WORK / "avdigits" / "clips").glob("*/*.mp4"))
+def corpus_clips(model: Path = MODEL_DIR) -> list[Path]:
+    """The AV-digits clips a recipe-built model came from (real h264 + aac MP4 files)."""
+    return sorted((work_dir(model) / "avdigits" / "clips").glob("*/*.mp4"))
 
 
 # ----------------------------------------------------------------------------------- media

@@ -323,7 +323,7 @@ def main() -> None:
     load = common.LoadRecorder()
     path = common.model_dir(args.model)
     model = load_model_dir(path)
-    clips = common.corpus_clips() if args.inputs == "avdigits" else common.synth_clips(
+    clips = common.corpus_clips(path) if args.inputs == "avdigits" else common.synth_clips(
         common.WORK / "clips", 16, seconds=10.0, width=640, height=360)
     data = [c.read_bytes() for c in clips]
     result: dict[str, Any] = {

@@ -203,8 +203,8 @@ def bench_embed_threads(model: ModelDir, args, decoded: list[DecodedMedia], quic
     return rows
 
 
-def corpus_decoded(model: ModelDir, n: int) -> list[DecodedMedia]:
-    clips = common.corpus_clips()[:n]
+def corpus_decoded(model: ModelDir, path: Path, n: int) -> list[DecodedMedia]:
+    clips = common.corpus_clips(path)[:n]
     return decode_all(model, [p.read_bytes() for p in clips], 2)
 
 
@@ -348,7 +348,7 @@ def main() -> None:
     result["decode"] = bench_decode(model, args.quick, load)
     result["decode_memory"] = bench_decode_memory(path, args.quick)
     result["encoder_memory"] = bench_encoder_memory(path, args.device, args.quick)
-    decoded = corpus_decoded(model, 32 if args.quick else 96)
+    decoded = corpus_decoded(model, path, 32 if args.quick else 96)
     result["embed"] = bench_embed(model, args, decoded, args.quick, load)
     result["embed_threads"] = bench_embed_threads(model, args, decoded, args.quick, load)
     result["upsert"] = bench_upsert(model, args.quick, load)
@@ -365,9 +365,10 @@ def _model_info(path: Path, model: ModelDir) -> dict[str, Any]:
                        else path),
             "model_id": model.model_id, "model_version": model.model_version,
             "embedding_dim": model.embedding_dim,
-            "visual": vars(model.visual_spec()) if model.visual_spec() else None,
-            "audio": vars(model.audio_spec()) if model.audio_spec() else None,
-            "recipe": common.MODEL_RECIPE if path == common.MODEL_DIR else None}
+            "preprocessing": {m: model.manifest["modalities"][m].get("preprocessing")
+                              for m in model.graphs},
+            "recipe": common.MODEL_RECIPE if common.work_dir(path).is_dir() else None,
+            "created_at": model.manifest.get("created_at")}
 
 
 def plot(result: dict, path: Path) -> None:
