@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import common
-import kafka_fix
 import numpy as np
 import stages
 from qdrant_client import QdrantClient
@@ -311,11 +310,7 @@ def main() -> None:
     p.add_argument("--naive-messages", type=int, default=None,
                    help="how many of the backlog the naive side indexes (quick 40, 150)")
     p.add_argument("--no-naive", action="store_true", help="skip the baseline (GPU runs)")
-    p.add_argument("--no-kafka-fix", action="store_true",
-                   help="run without bench/kafka_fix.py (the daemon may stall after a pause)")
     args = p.parse_args()
-    if not args.no_kafka_fix:
-        kafka_fix.apply()
     n = args.messages or (120 if args.quick else 300)
     rounds = args.rounds or (2 if args.quick else 3)
     n_naive = min(n, args.naive_messages or (40 if args.quick else 150))
@@ -335,7 +330,6 @@ def main() -> None:
                    "mean_bytes": int(np.mean([len(d) for d in data])), "messages": n,
                    "naive_messages": n_naive,
                    "partitions": args.partitions},
-        "kafka_python_pause_fix": not args.no_kafka_fix,
         "daemon": {"decode_workers": args.decode_workers, "max_batch": args.max_batch,
                    "intra_op_threads": args.intra_op_threads,
                    "device": args.device, "tensorrt": args.tensorrt, "fp16": args.fp16,

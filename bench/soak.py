@@ -72,10 +72,7 @@ def soak_daemon(model: Path, bootstrap: str, topic: str, n: int, tmp: Path) -> d
     cfg = config(model, bootstrap, topic, port, tmp / "soak.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AVINDEX_")}
     with open(tmp / "daemon.log", "wb") as log:
-        # `avindex run`, with bench/kafka_fix.py applied first (see its docstring)
-        launcher = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import kafka_fix; "
-                    "kafka_fix.apply(); from avindex.daemon.cli import main; sys.exit(main())")
-        proc = subprocess.Popen([sys.executable, "-c", launcher, str(Path(__file__).parent),
+        proc = subprocess.Popen([sys.executable, "-m", "avindex.daemon.cli",
                                  "run", "--config", str(cfg)], stdout=log,
                                 stderr=subprocess.STDOUT, env=env)
         samples: list[tuple[float, float, float]] = []  # (seconds, indexed, rss MiB)
