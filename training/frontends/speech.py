@@ -209,7 +209,7 @@ class SpeechEmbedding(nn.Module):
     and the maximum; 288 numbers). docs/training.md §8 compares them.
     """
 
-    def __init__(self, pooling: str = "meanmax", peak_db: float = 10.0) -> None:
+    def __init__(self, pooling: str = "peak", peak_db: float = 6.0) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose from {POOLINGS}")
