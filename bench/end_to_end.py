@@ -39,6 +39,7 @@ from qdrant_client import QdrantClient
 from avindex.daemon.app import Daemon
 from avindex.daemon.model_dir import ModelDir, load_model_dir
 from avindex.daemon.settings import Settings
+from avindex.daemon.tansu import tansu_broker
 
 
 class UpsertClock:
@@ -342,7 +343,7 @@ def main() -> None:
         indexer = NaiveIndexer(common.checkpoint(path))
         result["naive_threads"] = indexer.best_threads(data[:4])
         common.log(f"naive torch threads: {result['naive_threads']}")
-    with (common.tansu_broker(common.WORK / "tansu-e2e.log") as bootstrap,
+    with (tansu_broker(common.WORK / "tansu-e2e.log") as bootstrap,
           tempfile.TemporaryDirectory(dir=common.WORK) as tmp_name):
         tmp = Path(tmp_name)
         topic = f"backlog-{uuid.uuid4().hex[:6]}"

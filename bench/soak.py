@@ -36,6 +36,7 @@ import stages
 
 from avindex.daemon.model_dir import load_model_dir
 from avindex.daemon.settings import Settings
+from avindex.daemon.tansu import tansu_broker
 
 sys.path.insert(0, str(common.ROOT / "tests" / "daemon"))
 from daemon_harness import settings_file  # the tests' settings -> YAML config file
@@ -157,7 +158,7 @@ def main() -> None:
     data = [c.read_bytes() for c in clips]
     load = common.LoadRecorder()
     load.sample()
-    with (common.tansu_broker(common.WORK / "tansu-soak.log") as bootstrap,
+    with (tansu_broker(common.WORK / "tansu-soak.log") as bootstrap,
           tempfile.TemporaryDirectory(dir=common.WORK) as tmp_name):
         tmp = Path(tmp_name)
         topic = f"soak-{uuid.uuid4().hex[:6]}"

