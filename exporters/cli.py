@@ -28,9 +28,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="with --default: folder for the corpus, features and checkpoint "
                         "(default: OUT.work)")
     parser.add_argument("--seed", type=int, default=0, help="with --default: corpus/train seed")
-    parser.add_argument("--train-clips", type=int, default=3000, help="with --default")
-    parser.add_argument("--val-clips", type=int, default=500, help="with --default")
-    parser.add_argument("--test-clips", type=int, default=1000, help="with --default")
+    parser.add_argument("--train-clips", type=int, default=2500, help="with --default")
+    parser.add_argument("--val-clips", type=int, default=250, help="with --default")
+    parser.add_argument("--test-clips", type=int, default=500, help="with --default")
     moved = parser.add_argument_group(
         "the paper's extractors (vgg19, vggish): where their weights files are now, if they moved "
         "since `avindex data features`; the sha256 recorded then must match")

@@ -37,8 +37,13 @@ def example_inputs(modality: str, decode: dict) -> tuple[torch.Tensor, torch.Ten
     return wave, torch.tensor([n, n // 2], dtype=torch.int64)
 
 
-def export_chain(chain: nn.Module, modality: str, decode: dict, path: Path) -> Path:
-    """Export one chain with dynamic batch and length axes; returns the written path."""
+def export_chain(chain: nn.Module, modality: str, decode: dict, path: Path,
+                 output_names: list[str] | None = None) -> Path:
+    """Export one chain with dynamic batch and length axes; returns the written path.
+
+    `output_names` defaults to the model directory's (embedding, variance); a bare front-end
+    (feature extraction) has one output.
+    """
     chain = chain.eval()
     inputs = example_inputs(modality, decode)
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -49,6 +54,8 @@ def export_chain(chain: nn.Module, modality: str, decode: dict, path: Path) -> P
         samples = torch.export.Dim("samples", min=2, max=2**31 - 2)
         shapes = ({0: batch, 1: samples}, {0: batch})
     path.parent.mkdir(parents=True, exist_ok=True)
+    for noisy in ("onnx_ir", "onnxscript"):  # INFO lines per graph pass drown the build log
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -56,7 +63,7 @@ def export_chain(chain: nn.Module, modality: str, decode: dict, path: Path) -> P
             inputs,
             dynamo=True,
             input_names=INPUT_NAMES[modality],
-            output_names=OUTPUT_NAMES,
+            output_names=output_names or OUTPUT_NAMES,
             dynamic_shapes=shapes,
             opset_version=OPSET,
             optimize=True,

@@ -3,12 +3,18 @@
 Decoding is `avindex.daemon.media.decode_media` (the daemon's own code) and the front-ends are
 the modules the exporter puts into the ONNX graphs, so training sees exactly what the daemon
 will compute. Clips that cannot be decoded, or lack one modality, are reported and skipped.
+
+Two engines run the front-ends. `onnx` (the default) exports each front-end with the exporter's
+own code and runs it with ONNX Runtime inside the decoding workers: it is what the daemon runs,
+and it measured 2.2x faster per clip than PyTorch eager on one core (docs/training.md).
+`torch` runs the PyTorch modules in batches in the main process.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from multiprocessing import get_context
 from pathlib import Path
@@ -36,6 +42,11 @@ from avindex.training.media_manifest import MediaItem, assign_splits, read_media
 
 log = logging.getLogger(__name__)
 
+ENGINES = ("onnx", "torch")
+_FEATURE_OUTPUT = "features"
+_PARITY_TOLERANCE = 1e-3  # relative to the largest |feature|: float32 reordering, not a bug
+_worker_sessions: dict[str, object] = {}  # per decoding worker: modality -> ONNX session
+
 
 def decode_pair(
     job: tuple[MediaItem, VisualSpec, AudioSpec],
@@ -53,6 +64,71 @@ def decode_pair(
     if media.frames is None or media.audio is None:
         return item, None, f"missing modality (has {media.modalities})"
     return item, media, None
+
+
+class _FrontendOnly(torch.nn.Module):
+    """A front-end as an ONNX-exportable module: (media, lengths) -> pooled features."""
+
+    def __init__(self, frontend: torch.nn.Module) -> None:
+        super().__init__()
+        self.frontend = frontend
+
+    def forward(self, media: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.frontend(media, lengths)
+
+
+def export_frontends(visual: FrontendSpec, audio: FrontendSpec, folder: Path) -> dict[str, Path]:
+    """Both front-ends as ONNX graphs in `folder`, each checked against PyTorch on an example.
+
+    Raises RuntimeError when ONNX Runtime disagrees with PyTorch (use engine="torch" then).
+    """
+    from avindex.exporters.onnx_export import example_inputs, export_chain, onnx_session
+
+    paths = {}
+    for name, spec, build in (("visual", visual, build_visual_frontend),
+                              ("audio", audio, build_audio_frontend)):
+        module = _FrontendOnly(build(spec)).eval()
+        path = export_chain(module, name, spec.decode, folder / f"{name}.onnx",
+                            output_names=[_FEATURE_OUTPUT])
+        inputs = example_inputs(name, spec.decode)
+        session = onnx_session(path)
+        names = [i.name for i in session.get_inputs()]
+        got = session.run(None, {n: x.numpy() for n, x in zip(names, inputs, strict=True)})[0]
+        with torch.inference_mode():
+            want = module(*inputs).numpy()
+        error = float(np.abs(got - want).max()) / max(float(np.abs(want).max()), 1e-6)
+        if error > _PARITY_TOLERANCE:
+            raise RuntimeError(f"the {name} front-end's ONNX graph differs from PyTorch by "
+                               f"{error:.2e} (relative); extract with engine='torch'")
+        paths[name] = path
+    return paths
+
+
+def _init_onnx_worker(paths: dict[str, str]) -> None:
+    """Pool initializer: one single-threaded ONNX Runtime session per front-end."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    for name, path in paths.items():
+        _worker_sessions[name] = ort.InferenceSession(path, options,
+                                                      providers=["CPUExecutionProvider"])
+
+
+def embed_pair(
+    job: tuple[MediaItem, VisualSpec, AudioSpec],
+) -> tuple[MediaItem, tuple[np.ndarray, np.ndarray] | None, str | None]:
+    """Decode one clip and run both ONNX front-ends on it, in a worker (`_init_onnx_worker`)."""
+    item, media, err = decode_pair(job)
+    if media is None:
+        return item, None, err
+    one = np.ones(1, np.int64)
+    visual = _worker_sessions["visual"].run(
+        None, {"frames": media.frames[None], "num_frames": one * len(media.frames)})[0][0]
+    audio = _worker_sessions["audio"].run(
+        None, {"waveform": media.audio[None], "num_samples": one * len(media.audio)})[0][0]
+    return item, (visual, audio), None
 
 
 def pad_frames(frames: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,28 +177,24 @@ def extract_features(
     workers: int | None = None,
     batch_size: int = 16,
     split_seed: int = 0,
+    engine: str = "onnx",
 ) -> FeatureSet:
-    """Decode every listed clip, run both front-ends, write the HDF5 file and return it."""
+    """Decode every listed clip, run both front-ends, write the HDF5 file and return it.
+
+    `batch_size` applies to the `torch` engine; the `onnx` engine embeds clip by clip in the
+    decoding workers.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")
     media = read_media_manifest(manifest_csv)
-    extractor = FeatureExtractor(visual, audio)
     workers = workers or max(1, (os.cpu_count() or 2))
     jobs = [(item, visual.visual_spec(), audio.audio_spec()) for item in media.items]
-    rows: list[tuple[MediaItem, np.ndarray, np.ndarray]] = []
-    skipped: list[dict] = []
-    with get_context("spawn").Pool(workers) as pool, tqdm(
-        total=len(jobs), desc="features", unit="clip"
-    ) as bar:
-        decoded = pool.imap(decode_pair, jobs, chunksize=4)
-        for chunk in _batches(decoded, batch_size):
-            ok = [(item, m) for item, m, err in chunk if err is None]
-            for item, _m, err in chunk:
-                if err is not None:
-                    skipped.append({"path": str(item.path), "reason": err})
-                    log.warning("skipping %s: %s", item.path, err)
-            if ok:
-                vis, aud = extractor([m for _, m in ok])
-                rows.extend((item, v, a) for (item, _), v, a in zip(ok, vis, aud, strict=True))
-            bar.update(len(chunk))
+    if engine == "onnx":
+        rows, skipped = _extract_onnx(jobs, visual, audio, workers)
+    else:
+        rows, skipped = _extract_torch(jobs, visual, audio, workers, batch_size)
+    for entry in skipped:
+        log.warning("skipping %s: %s", entry["path"], entry["reason"])
     if not rows:
         raise ValueError(f"no clip of {manifest_csv} could be decoded with both modalities")
     features = _to_feature_set(rows, media.class_names, split_seed)
@@ -132,9 +204,52 @@ def extract_features(
         "class_names": media.class_names,
         "source_manifest": str(Path(manifest_csv).resolve()),
         "skipped": skipped,
+        "engine": engine,
     }
     save_features(out_h5, features)
     return features
+
+
+Rows = list[tuple[MediaItem, np.ndarray, np.ndarray]]
+
+
+def _extract_onnx(jobs: list, visual: FrontendSpec, audio: FrontendSpec,
+                  workers: int) -> tuple[Rows, list[dict]]:
+    rows: Rows = []
+    skipped: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="avindex-frontends-") as tmp:
+        log.info("exporting both front-ends to ONNX for extraction")
+        paths = {k: str(v) for k, v in export_frontends(visual, audio, Path(tmp)).items()}
+        with get_context("spawn").Pool(workers, _init_onnx_worker, (paths,)) as pool, tqdm(
+            total=len(jobs), desc="features", unit="clip"
+        ) as bar:
+            for item, vectors, err in pool.imap(embed_pair, jobs, chunksize=4):
+                if vectors is None:
+                    skipped.append({"path": str(item.path), "reason": err})
+                else:
+                    rows.append((item, *vectors))
+                bar.update()
+    return rows, skipped
+
+
+def _extract_torch(jobs: list, visual: FrontendSpec, audio: FrontendSpec, workers: int,
+                   batch_size: int) -> tuple[Rows, list[dict]]:
+    extractor = FeatureExtractor(visual, audio)
+    rows: Rows = []
+    skipped: list[dict] = []
+    with get_context("spawn").Pool(workers) as pool, tqdm(
+        total=len(jobs), desc="features", unit="clip"
+    ) as bar:
+        decoded = pool.imap(decode_pair, jobs, chunksize=4)
+        for chunk in _batches(decoded, batch_size):
+            ok = [(item, m) for item, m, err in chunk if err is None]
+            skipped += [{"path": str(item.path), "reason": err}
+                        for item, _m, err in chunk if err is not None]
+            if ok:
+                vis, aud = extractor([m for _, m in ok])
+                rows.extend((item, v, a) for (item, _), v, a in zip(ok, vis, aud, strict=True))
+            bar.update(len(chunk))
+    return rows, skipped
 
 
 def _to_feature_set(rows, class_names: list[str], seed: int) -> FeatureSet:
