@@ -66,17 +66,6 @@ def decode_pair(
     return item, media, None
 
 
-class _FrontendOnly(torch.nn.Module):
-    """A front-end as an ONNX-exportable module: (media, lengths) -> pooled features."""
-
-    def __init__(self, frontend: torch.nn.Module) -> None:
-        super().__init__()
-        self.frontend = frontend
-
-    def forward(self, media: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.frontend(media, lengths)
-
-
 def export_frontends(visual: FrontendSpec, audio: FrontendSpec, folder: Path) -> dict[str, Path]:
     """Both front-ends as ONNX graphs in `folder`, each checked against PyTorch on an example.
 
@@ -87,7 +76,7 @@ def export_frontends(visual: FrontendSpec, audio: FrontendSpec, folder: Path) ->
     paths = {}
     for name, spec, build in (("visual", visual, build_visual_frontend),
                               ("audio", audio, build_audio_frontend)):
-        module = _FrontendOnly(build(spec)).eval()
+        module = build(spec).eval()  # (media, lengths) -> pooled features, one output
         path = export_chain(module, name, spec.decode, folder / f"{name}.onnx",
                             output_names=[_FEATURE_OUTPUT])
         inputs = example_inputs(name, spec.decode)
