@@ -1,7 +1,7 @@
 """The default model: built by one command from pip-installed weights, no model hub.
 
-AV-digits corpus -> EfficientNet-Lite0 (128 px, 2 frames per clip) + Google's speech_embedding
-features -> VAE-CCA -> model directory.
+AV-digits corpus -> EfficientNet-Lite0 (224 px, 2 frames per clip, spatial maxima of stages
+4-7) + Google's speech_embedding features -> VAE-CCA -> model directory.
 Every step is skipped when its output already exists in the work folder, so a re-run after an
 interruption resumes.
 

@@ -84,4 +84,12 @@ if ! ls "$weights_dir"/aisfx-*.whl >/dev/null 2>&1; then
   "$venv/bin/python" -m pip download -q --no-deps aisfx -d "$weights_dir" \
     || say "WARNING: aiSFX weights unavailable; the aisfx front-end will explain how to get them"
 fi
+
+# Four more human voices for AV-digits (Debian digit prompts, unpacked into
+# $weights_dir/voices, not installed). Optional: without them the corpus has fewer human voices.
+if command -v apt-get >/dev/null; then
+  say "fetching Debian voices for AV-digits into $weights_dir/voices (avindex data voices)"
+  AVINDEX_WEIGHTS_DIR="$weights_dir" "$venv/bin/avindex" data voices >/dev/null \
+    || say "WARNING: some AV-digits voices could not be fetched; the corpus uses the others"
+fi
 say "done"

@@ -32,6 +32,11 @@ def visual():
     return build_visual_frontend(default_visual_spec(size=224))
 
 
+@pytest.fixture(scope="module")
+def visual_head():
+    return build_visual_frontend(default_visual_spec(size=224, pooling="head"))
+
+
 def test_efficientnet_weights_classify_a_real_photo(visual):
     frames = decode_media(GRACE_HOPPER, VisualSpec(fps=1, size=224), None).frames  # (1, 224, ...)
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
@@ -41,16 +46,47 @@ def test_efficientnet_weights_classify_a_real_photo(visual):
     assert int(logits.argmax()) == MILITARY_UNIFORM
 
 
-def test_visual_padding_does_not_change_an_item(visual):
+@pytest.mark.parametrize(("pooling", "dim"), [("stages", 704), ("head", 1280)])
+def test_visual_padding_does_not_change_an_item(pooling, dim, visual, visual_head):
+    frontend = visual if pooling == "stages" else visual_head
     gen = torch.Generator().manual_seed(0)
     frames = torch.randint(0, 256, (3, 4, 224, 224, 3), generator=gen, dtype=torch.uint8)
     counts = torch.tensor([4, 2, 1])
     with torch.inference_mode():
-        batch = visual(frames, counts)
-        alone = torch.cat([visual(frames[i : i + 1, : int(n)], counts[i : i + 1])
+        batch = frontend(frames, counts)
+        alone = torch.cat([frontend(frames[i : i + 1, : int(n)], counts[i : i + 1])
                            for i, n in enumerate(counts)])
-    assert batch.shape == (3, 1280)
+    assert batch.shape == (3, dim) and frontend.output_dim == dim
     assert torch.allclose(batch, alone, atol=1e-4)
+
+
+def test_stage_pooling_is_the_maximum_of_stages_4_to_7(visual):
+    """Reference: the package's own forward pass, block outputs caught by hooks at each point
+    where the channel count changes for the last four times (the ends of stages 4-7)."""
+    frames = decode_media(GRACE_HOPPER, VisualSpec(fps=1, size=224), None).frames
+    net = visual.net
+    widths = [block._bn2.num_features for block in net._blocks]
+    ends = [i for i in range(len(widths)) if i == len(widths) - 1 or widths[i + 1] != widths[i]]
+    caught = {}
+    hooks = [net._blocks[i].register_forward_hook(
+        lambda _m, _i, out, i=i: caught.__setitem__(i, out.amax(dim=(2, 3)))) for i in ends[-4:]]
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    with torch.inference_mode():
+        net.extract_features((x - visual.mean) / visual.std)
+        got = visual(torch.from_numpy(frames)[None], torch.tensor([1]))
+    for hook in hooks:
+        hook.remove()
+    want = torch.cat([caught[i] for i in ends[-4:]], dim=1)
+    assert [caught[i].shape[1] for i in ends[-4:]] == [80, 112, 192, 320]
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_a_spec_saved_without_pooling_rebuilds_the_head_features():
+    """Feature files and models made before `pooling` existed store {"size": S} only."""
+    spec = default_visual_spec(size=128)
+    old = type(spec)(spec.modality, spec.name, {"size": 128}, spec.decode)
+    assert build_visual_frontend(old).output_dim == 1280
+    assert build_visual_frontend(spec).output_dim == 704
 
 
 def test_mel_filterbank_shapes_and_normalisation():

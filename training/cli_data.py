@@ -24,6 +24,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     avdigits_cli.configure(avd)
     avd.set_defaults(data_main=avdigits_cli.main)
 
+    voices = sub.add_parser(
+        "voices",
+        help="fetch four more human voices for AV-digits from Debian (apt-get download)",
+        description="Download the Debian packages asterisk-prompt-fr-armelle, "
+        "asterisk-prompt-es-co, asterisk-prompt-it-menardi-wav and asterisk-core-sounds-ru-wav "
+        "with `apt-get download`, and unpack their digit recordings into DIR/<voice>/digits "
+        "(they are not installed: three would take over asterisk's language links). "
+        "`avindex data avdigits` uses every voice found there. scripts/setup.sh runs this.",
+    )
+    voices.add_argument("--dir", default=None, metavar="DIR",
+                        help="where to unpack (default $AVINDEX_WEIGHTS_DIR/voices, "
+                        "~/.cache/avindex/voices)")
+    voices.set_defaults(data_main=_voices_main)
+
     feat = sub.add_parser(
         "features",
         help="decode a labelled media corpus and write front-end features as HDF5",
@@ -39,8 +53,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                       help="audio front-end: Google's speech_embedding (default), weight-free "
                       "log-mel statistics, or aiSFX")
     feat.add_argument("--size", type=int, default=None,
-                      help="frame size fed to the visual net (default 128; 224 for vgg19, "
-                      "299 for inception-v3)")
+                      help="frame size fed to the visual net (default 224; 299 for "
+                      "inception-v3)")
+    feat.add_argument("--visual-pooling", choices=("stages", "head"), default="stages",
+                      help="efficientnet-lite0: spatial maxima of stages 4-7, 704 numbers "
+                      "(default), or the head's 1280-channel average")
     feat.add_argument("--fps", type=float, default=1.0, help="frames sampled per second")
     feat.add_argument("--max-frames", type=int, default=None,
                       help="frames kept per clip, spread evenly over it (default 2; 8 for "
@@ -90,8 +107,9 @@ def _frontend_specs(args: argparse.Namespace):
         visual = inception_v3_spec(args.visual_weights, size=args.size or 299, fps=args.fps,
                                    max_frames=args.max_frames or 8)
     else:
-        visual = default_visual_spec(args.visual, size=args.size or 128, fps=args.fps,
-                                     max_frames=args.max_frames or 2)
+        visual = default_visual_spec(args.visual, size=args.size or 224, fps=args.fps,
+                                     max_frames=args.max_frames or 2,
+                                     pooling=args.visual_pooling)
     if args.audio == "vggish":
         audio = vggish_spec(args.audio_weights, pca=args.audio_pca,
                             postprocess=args.audio_postprocess, max_seconds=args.max_seconds)
@@ -121,6 +139,15 @@ def _features_main(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary))
     return 0
+
+
+def _voices_main(args: argparse.Namespace) -> int:
+    """Fetch the Debian voices; print each one's status. Returns 1 when any is missing."""
+    from avindex.training.avdigits.voices import fetch_voices
+
+    status = fetch_voices(args.dir)
+    print(json.dumps(status, ensure_ascii=False))
+    return 0 if all(s in ("present", "fetched") for s in status.values()) else 1
 
 
 def main(args: argparse.Namespace) -> int:

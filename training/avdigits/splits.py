@@ -26,6 +26,10 @@ SPLITS = ("train", "val", "test")
 ENGLISH_SHARE = 0.5  # of eSpeak speakers; es, fr and it share the rest equally
 SPEAKERS_PER_VARIANT = 2  # each eSpeak timbre speaks with two accents/base pitches
 ESPEAK_LICENCE = "GPL-3.0-or-later (eSpeak NG)"
+# Human voices kept in one split whatever the seed (a split given with --speaker-dir wins): test
+# always holds June (fr) and val Carlo (it), so test scores on a human voice stay comparable
+# across seeds and corpus versions, and model selection always sees a human voice.
+PINNED_SPLITS = {"June": "test", "Carlo": "val"}
 
 
 @dataclass(frozen=True)
@@ -59,12 +63,13 @@ def apportion(total: int, weights: list[float], minimum: int = 0) -> list[int]:
 
 
 def assign_humans(humans: list[HumanSpeaker], sizes: dict[str, int],
-                  rng: np.random.Generator) -> list[Speaker]:
+                  rng: np.random.Generator,
+                  pinned: dict[str, str] = PINNED_SPLITS) -> list[Speaker]:
     """Place each human *person* in one split.
 
-    Forced splits are kept. The others go, largest person first (most recordings), to train, then
-    test, then val until each has one, then to the split with the largest shortfall against
-    its share of clips.
+    Forced splits are kept, then `pinned` persons go to their split. The others go, largest
+    person first (most recordings), to train, then test, then val until each has one, then to
+    the split with the largest shortfall against its share of clips.
     """
     by_person: dict[str, list[HumanSpeaker]] = defaultdict(list)
     for human in humans:
@@ -76,6 +81,8 @@ def assign_humans(humans: list[HumanSpeaker], sizes: dict[str, int],
             raise ValueError(f"person {person!r} is forced into several splits: {sorted(forced)}")
         if forced:
             placed[person] = forced.pop()
+        elif person in pinned:
+            placed[person] = pinned[person]
     free = sorted((p for p in by_person if p not in placed), key=str)
     free = [free[i] for i in rng.permutation(len(free))]
     free.sort(key=lambda p: -len(by_person[p]))  # stable: ties keep the random order

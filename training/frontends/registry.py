@@ -104,12 +104,20 @@ def _needs_weights(name: str) -> None:
                          f"or avindex.training.frontends.paper.{name.replace('-', '_')}_spec)")
 
 
-def default_visual_spec(name: str = "efficientnet-lite0", size: int = 128, fps: float = 1.0,
-                        max_frames: int = 2) -> FrontendSpec:
+def default_visual_spec(name: str = "efficientnet-lite0", size: int = 224, fps: float = 1.0,
+                        max_frames: int = 2, pooling: str = "stages") -> FrontendSpec:
+    """EfficientNet-Lite0 with `pooling` (`stages` or `head`, see efficientnet.py).
+
+    Specs saved before `pooling` existed lack it and rebuild the `head` module they were made with.
+    """
     _needs_weights(name)
     if name not in VISUAL_FRONTENDS:
         raise ValueError(f"unknown visual front-end {name!r}; choose from {VISUAL_FRONTENDS}")
-    return FrontendSpec("visual", name, {"size": size},
+    from avindex.training.frontends.efficientnet import POOLINGS
+
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown visual pooling {pooling!r}; choose from {POOLINGS}")
+    return FrontendSpec("visual", name, {"size": size, "pooling": pooling},
                         {"fps": fps, "size": size, "max_frames": max_frames})
 
 
