@@ -123,6 +123,15 @@ def test_asterisk_voices_are_found_and_grouped_by_person():
         assert persons["Allison"] >= {"en", "es"}
 
 
+def test_the_shortest_word_at_the_fastest_rate_counts_as_speech():
+    """French "un" at the corpus's top rate (200 words/min x 1.1) lasts about 95 ms: a build
+    once stopped on it when the floor was 100 ms."""
+    from avindex.training.avdigits.build import _speak
+
+    pcm, rate = _speak(("1", "fr+antonio", 220, 80, 50))
+    assert 0.05 < len(pcm) / rate < 0.2
+
+
 def test_espeak_speaks_digits_in_every_language():
     engine = espeak.engine()
     for language in LANGUAGES:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 HUMAN_SHARE = 0.2  # of a split's clips, when the split has human speakers
 MIN_CLIPS = 10  # per split: every split must show every digit
+MIN_SPEECH_S = 0.03  # shorter eSpeak output means it spoke nothing
 MANIFEST_COLUMNS = [
     "path", "label", "id", "split", "speaker", "person", "speaker_kind", "language", "word",
     "image_index", "duration_s", "speech_onset_s", "speech_duration_s", "n_frames", "fps",
@@ -193,7 +194,8 @@ def _speak(request: tuple[str, str, int, int, int]) -> tuple[np.ndarray, int]:
     text, voice, rate, pitch, pitch_range = request
     engine = espeak.engine()
     pcm = engine.synth(text, voice, rate, pitch, pitch_range)
-    if pcm.size < engine.sample_rate // 10:
+    # A floor that catches empty output, not short words: French "un" at 220 words/min is 95 ms.
+    if pcm.size < engine.sample_rate * MIN_SPEECH_S:
         raise RuntimeError(f"eSpeak produced no speech for {text!r} with {voice}")
     return pcm, engine.sample_rate
 
