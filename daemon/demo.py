@@ -188,7 +188,7 @@ class Demo:
             say(f"model: {model}")
             return model
         with step(f"building the default model into {model} (corpus, features, training, "
-                  "export; about 8 min on 2 idle CPU cores, resumable)", 480):
+                  "export; about 7 min on 2 idle CPU cores, resumable)", 420):
             try:
                 from avindex.exporters.default_model import build_default_model
             except ImportError as exc:
