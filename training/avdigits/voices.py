@@ -11,6 +11,7 @@ scripts/setup.sh). Nothing here needs root once the package lists exist.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -64,9 +65,8 @@ def discover_voices(root: Path | None = None) -> list[HumanSpeaker]:
             except FileNotFoundError as exc:
                 log.warning("skipping voice %s: %s", voice.name, exc)
                 continue
-            found.append(HumanSpeaker(speaker.name, speaker.person, speaker.language,
-                                      speaker.files, licence=f"{voice.licence}, Debian "
-                                      f"{voice.package}"))
+            found.append(dataclasses.replace(
+                speaker, licence=f"{voice.licence}, Debian {voice.package}"))
     return found
 
 
@@ -99,8 +99,8 @@ def fetch_voices(root: Path | None = None, update_lists: bool = True) -> dict[st
                 and os.geteuid() == 0:
             _run(["apt-get", "update", "-qq"], work)
         for voice in missing:
-            debs = sorted(work.glob(f"{voice.package}_*.deb"))
-            if not debs and not _run(["apt-get", "download", voice.package], work):
+            if not any(work.glob(f"{voice.package}_*.deb")) \
+                    and not _run(["apt-get", "download", voice.package], work):
                 status[voice.name] = f"apt-get download {voice.package} failed"
                 continue
             debs = sorted(work.glob(f"{voice.package}_*.deb"))
