@@ -13,22 +13,20 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from fractions import Fraction
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime initialises
-
-import av
 import numpy as np
+
+import avindex.daemon  # noqa: F401  (first: it turns ONNX Runtime's telemetry off)
+from avindex.tools.synthetic import write_clip
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -255,41 +253,11 @@ def corpus_clips(model: Path = MODEL_DIR) -> list[Path]:
 # ----------------------------------------------------------------------------------- media
 def synth_clip(path: Path, index: int, *, seconds: float, width: int, height: int,
                fps: int = 25, sample_rate: int = 44100) -> Path:
-    """An h264 + aac MP4 with moving content (encoded like a camera would: not all-static), so
-    the decoder does real work; colours and tone depend on `index`."""
-    rng = np.random.default_rng(index)
-    base = rng.integers(0, 256, 3, dtype=np.uint8)
-    freq = 200 + 37 * (index % 50)
-    yy, xx = np.mgrid[0:height, 0:width]
-    with av.open(str(path), "w") as out:
-        vs = out.add_stream("h264", rate=fps)
-        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
-        vs.options = {"preset": "veryfast", "crf": "28"}
-        a_s = out.add_stream("aac", rate=sample_rate)
-        a_s.layout = "stereo"
-        for i in range(int(seconds * fps)):
-            img = np.empty((height, width, 3), np.uint8)
-            img[:] = base
-            band = ((xx + 3 * i) // 16 + (yy + 2 * i) // 16) % 2 == 0
-            img[band] = 255 - base
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            for packet in vs.encode(frame):
-                out.mux(packet)
-        for packet in vs.encode():
-            out.mux(packet)
-        n = int(seconds * sample_rate)
-        wave = (0.3 * np.sin(2 * np.pi * freq * np.arange(n) / sample_rate)).astype(np.float32)
-        for start in range(0, n, 1024):
-            part = np.repeat(wave[None, start:start + 1024], 2, axis=0)
-            frame = av.AudioFrame.from_ndarray(part, format="fltp", layout="stereo")
-            frame.sample_rate, frame.pts = sample_rate, start
-            frame.time_base = Fraction(1, sample_rate)
-            for packet in a_s.encode(frame):
-                out.mux(packet)
-        for packet in a_s.encode():
-            out.mux(packet)
-    return path
+    """An h264 + aac MP4 with moving content, encoded like a camera would (the decoder does real
+    work), stereo sound at 44.1 kHz."""
+    return write_clip(path, index, seconds=seconds, width=width, height=height, fps=fps,
+                      sample_rate=sample_rate, channels=2, pattern="checker",
+                      video_options={"preset": "veryfast", "crf": "28"})
 
 
 def synth_clips(folder: Path, n: int, **kw) -> list[Path]:
@@ -301,23 +269,6 @@ def synth_clips(folder: Path, n: int, **kw) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------- broker
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def create_topic(bootstrap: str, name: str, partitions: int) -> None:
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics([NewTopic(name, partitions, 1)])
-    finally:
-        admin.close()
-
-
 def producer(bootstrap: str):
     from kafka import KafkaProducer
 

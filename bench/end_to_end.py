@@ -39,7 +39,8 @@ from qdrant_client import QdrantClient
 from avindex.daemon.app import Daemon
 from avindex.daemon.model_dir import ModelDir, load_model_dir
 from avindex.daemon.settings import Settings
-from avindex.daemon.tansu import tansu_broker
+from avindex.tools.kafka_admin import create_topics
+from avindex.tools.tansu import tansu_broker
 
 
 class UpsertClock:
@@ -107,8 +108,7 @@ class DaemonRun:
         return self
 
     def assigned(self) -> bool:
-        r = self.daemon.runner
-        return bool(r and r.source._consumer and r.source.assignment())
+        return bool(self.daemon.assignment())
 
     def wait_for(self, n: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -186,7 +186,7 @@ def paced(args, model: Path, bootstrap: str, data: list[bytes], rate: float, sec
           tmp: Path) -> dict[str, Any]:
     """The daemon already running and joined; messages arrive at `rate` per second."""
     topic = f"paced-{uuid.uuid4().hex[:6]}"
-    common.create_topic(bootstrap, topic, args.partitions)
+    create_topics(bootstrap, [topic], args.partitions)
     run = DaemonRun(daemon_settings(args, model, bootstrap, topic),
                     qdrant_client(args.qdrant, tmp)).start()
     sent: dict[str, float] = {}
@@ -347,7 +347,7 @@ def main() -> None:
           tempfile.TemporaryDirectory(dir=common.WORK) as tmp_name):
         tmp = Path(tmp_name)
         topic = f"backlog-{uuid.uuid4().hex[:6]}"
-        common.create_topic(bootstrap, topic, args.partitions)
+        create_topics(bootstrap, [topic], args.partitions)
         common.produce(bootstrap, topic,
                        ((f"bench-{i:06d}", data[i % len(data)]) for i in range(n)))
         common.log(f"produced {n} messages to {topic}")

@@ -12,9 +12,11 @@ Writes bench/results/export_throughput.json and .png.
 
 from __future__ import annotations
 
+import avindex.daemon  # noqa: F401  (before onnxruntime: it turns ORT's telemetry off)
+
+# isort: split
 import argparse
 import json
-import os
 import platform
 import statistics
 import tempfile
@@ -22,19 +24,17 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime initialises
-
 import numpy as np
 import onnxruntime as ort
 import torch
 
 from avindex.daemon.media import decode_media
 from avindex.exporters.chains import AudioChain, VisualChain
-from avindex.exporters.onnx_export import export_chain
 from avindex.exporters.writer import frontend_specs
 from avindex.training.features import pad_audio, pad_frames
 from avindex.training.frontends import build_audio_frontend, build_visual_frontend
 from avindex.training.media_manifest import read_media_manifest
+from avindex.training.onnx_graphs import export_chain
 from avindex.training.train import load_checkpoint
 
 RESULTS = Path(__file__).parent / "results"

@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,10 @@ import stages
 
 from avindex.daemon.model_dir import load_model_dir
 from avindex.daemon.settings import Settings
-from avindex.daemon.tansu import tansu_broker
+from avindex.tools.kafka_admin import create_topics, free_port
+from avindex.tools.processes import ChildProcess
+from avindex.tools.scrape import http_get, metric_total
+from avindex.tools.tansu import tansu_broker
 
 sys.path.insert(0, str(common.ROOT / "tests" / "daemon"))
 from daemon_harness import settings_file  # the tests' settings -> YAML config file
@@ -59,48 +60,33 @@ def config(model: Path, bootstrap: str, topic: str, port: int, path: Path) -> Pa
 
 
 def indexed(port: int) -> float | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
-        return None
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("avindex_messages_indexed_total"))
+    status, body = http_get(f"http://127.0.0.1:{port}/metrics", timeout_s=2)
+    return metric_total(body.decode(), "avindex_messages_indexed_total") if status == 200 else None
 
 
 def soak_daemon(model: Path, bootstrap: str, topic: str, n: int, tmp: Path) -> dict[str, Any]:
-    port = common.free_port()
+    port = free_port()
     cfg = config(model, bootstrap, topic, port, tmp / "soak.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AVINDEX_")}
-    with open(tmp / "daemon.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "avindex.daemon.cli",
-                                 "run", "--config", str(cfg)], stdout=log,
-                                stderr=subprocess.STDOUT, env=env)
-        samples: list[tuple[float, float, float]] = []  # (seconds, indexed, rss MiB)
-        t0 = time.monotonic()
-        try:
-            deadline = t0 + 60 + n / 5
-            done = 0.0
-            while done < n:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"daemon stopped or too slow at {done} of {n}; see "
-                                       f"{tmp / 'daemon.log'}")
-                count = indexed(port)
-                if count is not None:
-                    done = count
-                    samples.append((time.monotonic() - t0, count, common.rss_mb(proc.pid)))
-                time.sleep(0.5)
-            peak = common.rss_mb(proc.pid, "VmHWM")
-        finally:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-                try:
-                    code = proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    code = proc.wait(10)
-            else:
-                code = proc.returncode
+    proc = ChildProcess("daemon", [sys.executable, "-m", "avindex.tools.cli", "run", "--config",
+                                   str(cfg)], tmp / "daemon.log", env=env)
+    samples: list[tuple[float, float, float]] = []  # (seconds, indexed, rss MiB)
+    t0 = time.monotonic()
+    try:
+        deadline = t0 + 60 + n / 5
+        done = 0.0
+        while done < n:
+            if not proc.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"daemon stopped or too slow at {done} of {n}; see "
+                                   f"{tmp / 'daemon.log'}")
+            count = indexed(port)
+            if count is not None:
+                done = count
+                samples.append((time.monotonic() - t0, count, common.rss_mb(proc.pid)))
+            time.sleep(0.5)
+        peak = common.rss_mb(proc.pid, "VmHWM")
+    finally:
+        code = proc.stop(60.0)
     return {"samples": samples, "peak_rss_mb": peak, "exit_code": code}
 
 
@@ -162,7 +148,7 @@ def main() -> None:
           tempfile.TemporaryDirectory(dir=common.WORK) as tmp_name):
         tmp = Path(tmp_name)
         topic = f"soak-{uuid.uuid4().hex[:6]}"
-        common.create_topic(bootstrap, topic, 2)
+        create_topics(bootstrap, [topic], 2)
         common.produce(bootstrap, topic,
                        ((f"soak-{i:06d}", data[i % len(data)]) for i in range(n)))
         common.log(f"produced {n} messages")

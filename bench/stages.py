@@ -35,7 +35,8 @@ from avindex.daemon.encoder import Encoder
 from avindex.daemon.media import DecodedMedia, decode_media
 from avindex.daemon.model_dir import ModelDir, load_model_dir
 from avindex.daemon.sink import Point, QdrantSink
-from avindex.daemon.tansu import tansu_broker
+from avindex.tools.kafka_admin import create_topics
+from avindex.tools.tansu import tansu_broker
 
 RESOLUTIONS = {"240p": (426, 240), "360p": (640, 360), "720p": (1280, 720)}
 
@@ -308,7 +309,7 @@ def bench_consume(quick: bool, load: common.LoadRecorder) -> list[dict]:
         topics = {}
         for size in sizes:
             topic = f"consume-{size}-{uuid.uuid4().hex[:6]}"
-            common.create_topic(bootstrap, topic, 1)
+            create_topics(bootstrap, [topic], 1)
             n = max(64, total // size)
             payload = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
             common.produce(bootstrap, topic, ((f"m{i}", payload) for i in range(n)))

@@ -1,4 +1,4 @@
-"""`avindex run`: wire the daemon once, in order, and run it until a signal stops it.
+"""The daemon's wiring: build every part once, in order, and run until a stop is requested.
 
 Order: settings -> logging -> probes (alive, not ready) -> model directory -> ONNX sessions ->
 warm-up at the largest batch -> Qdrant (collection, alias) -> dead-letter producer -> Kafka
@@ -6,15 +6,15 @@ consumer -> pipeline threads -> main loop. Configuration errors (bad settings, a
 directory, a collection that does not fit the model) end the process with exit code 2 and a
 message that names the problem. Unreachable Qdrant or Kafka at start-up is not a configuration
 error: the daemon keeps trying with back-off, says so in the log and answers /readyz with 503.
+
+`avindex run` (`avindex.tools.run`) and `avindex reindex` (a `CompletionPolicy`,
+`avindex.daemon.reindex`) both run this class; the command-line side lives in `avindex.tools`.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -23,22 +23,34 @@ from typing import Any
 from avindex.daemon.deadletter import DeadLetterProducer
 from avindex.daemon.encoder import EncodeError, Encoder
 from avindex.daemon.health import Health
-from avindex.daemon.http_api import HttpApi
-from avindex.daemon.jsonlog import setup_logging
+from avindex.daemon.http.api import HttpApi
+from avindex.daemon.http.server import ProbeServer
 from avindex.daemon.media import DecodeLimits
 from avindex.daemon.messages import Fetcher
 from avindex.daemon.metrics import Metrics
 from avindex.daemon.model_dir import ModelDirError, load_model_dir
 from avindex.daemon.pipeline import Pipeline
-from avindex.daemon.probes import ProbeServer
+from avindex.daemon.ports import CompletionPolicy, TopicPartition
 from avindex.daemon.retry import Aborted, Backoff, retry
 from avindex.daemon.runner import Runner
-from avindex.daemon.search import Searcher, SerialClient
-from avindex.daemon.settings import Settings, SettingsError, load_settings
-from avindex.daemon.sink import CollectionMismatchError, QdrantSink, is_transient, make_client
+from avindex.daemon.search import Searcher
+from avindex.daemon.settings import MediaSettings, Settings, SettingsError
+from avindex.daemon.sink import (
+    CollectionMismatchError,
+    QdrantSink,
+    SerialClient,
+    is_transient,
+    make_client,
+)
 from avindex.daemon.source import KafkaSource
 
-__all__ = ["Daemon", "configure", "main"]
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_STARTUP_TIMEOUT",
+    "ConfigurationError",
+    "Daemon",
+    "decode_limits",
+]
 
 log = logging.getLogger("avindex.daemon")
 
@@ -54,15 +66,28 @@ class StartupTimeoutError(RuntimeError):
     """A dependency stayed unreachable for longer than allowed at start-up."""
 
 
+def decode_limits(media: MediaSettings, *, max_bytes: int,
+                  extra_codecs: frozenset[str] = frozenset()) -> DecodeLimits:
+    """The decoder's bounds from the settings; `extra_codecs` widen a non-empty allow-list
+    (search queries may be still images)."""
+    codecs = frozenset(media.allowed_codecs) | extra_codecs if media.allowed_codecs else None
+    return DecodeLimits(max_bytes=max_bytes, max_duration_s=media.max_duration_s,
+                        max_width=media.max_width, max_height=media.max_height,
+                        max_decoded_frames=media.max_decoded_frames, allowed_codecs=codecs)
+
+
 class Daemon:
     """One indexing daemon. `run()` blocks; `request_stop()` is what a signal does.
 
     `qdrant_client` lets tests share one local-mode client between daemons or put a fault
-    injector in front of it; production builds its client from the settings.
+    injector in front of it; production builds its client from the settings. `completion`
+    ends the run by itself (`avindex reindex`); without one it runs until stopped.
     """
 
-    def __init__(self, settings: Settings, *, qdrant_client: Any = None) -> None:
+    def __init__(self, settings: Settings, *, qdrant_client: Any = None,
+                 completion: CompletionPolicy | None = None) -> None:
         self.settings = settings
+        self.completion = completion
         self.stop = threading.Event()
         self.force = threading.Event()
         self.health = Health(stale_s=settings.http.health_stale_s)
@@ -83,6 +108,10 @@ class Daemon:
     @property
     def http_port(self) -> int | None:
         return self.probes.port if self.probes else None
+
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this daemon's consumer holds now (empty before it joined)."""
+        return self.runner.source.assignment() if self.runner is not None else set()
 
     # --------------------------------------------------------------------------------- run
     def run(self) -> int:
@@ -107,7 +136,7 @@ class Daemon:
             return EXIT_STARTUP_TIMEOUT
         except Aborted:
             log.info("stopped during start-up")
-            return 0
+            return self.completion.finish(0, caught_up=False) if self.completion else 0
         finally:
             for close in reversed(closers):
                 close()
@@ -165,10 +194,7 @@ class Daemon:
             model=model, encoder=encoder, sink=sink, dead_letters=dead_letters,
             fetcher=Fetcher(s.media.allowed_roots, s.media.allowed_hosts, s.media.http_timeout_s,
                             s.media.max_bytes),
-            limits=DecodeLimits(max_bytes=s.media.max_bytes, max_duration_s=s.media.max_duration_s,
-                                max_width=s.media.max_width, max_height=s.media.max_height,
-                                max_decoded_frames=s.media.max_decoded_frames,
-                                allowed_codecs=frozenset(s.media.allowed_codecs) or None),
+            limits=decode_limits(s.media, max_bytes=s.media.max_bytes),
             metrics=self.metrics, health=self.health, on_done=acks.put,
             intake_size=s.kafka.max_in_flight + s.kafka.max_poll_records,
             embed_queue=s.pipeline.embed_queue,
@@ -183,34 +209,31 @@ class Daemon:
         self._until_reachable("Kafka", ",".join(s.kafka.bootstrap_servers),
                               lambda: source.bootstrap(timeout_s=5.0), lambda exc: True)
         self.health.set(broker_ok=True)
-        self._before_run(source, runner)
+        if self.completion is not None:
+            completion = self.completion
+            self._until_reachable("Kafka", ",".join(s.kafka.bootstrap_servers),
+                                  lambda: completion.prepare(source, runner.tracker, sink),
+                                  lambda exc: not isinstance(exc, ConfigurationError))
+            runner.done = completion.done
         pipeline.start()
         log.info("consuming %s as group %s", s.kafka.topics, s.kafka.group_id)
         self.started.set()
-        return self._after_run(runner.run())
+        code = runner.run()
+        if self.completion is not None:
+            code = self.completion.finish(code, caught_up=runner.finished)
+        return code
 
     def _attach_search(self, client: Any, model, encoder: Encoder, collection: str) -> None:
         """POST /search answers from now on, with this model against its own collection."""
         if self.api is None:
             return
-        m = self.settings.media
-        codecs = frozenset(m.allowed_codecs) | {"png", "mjpeg"} if m.allowed_codecs else None
-        limits = DecodeLimits(max_bytes=self.settings.http.max_upload_bytes,
-                              max_duration_s=m.max_duration_s, max_width=m.max_width,
-                              max_height=m.max_height, max_decoded_frames=m.max_decoded_frames,
-                              allowed_codecs=codecs)
+        limits = decode_limits(self.settings.media, max_bytes=self.settings.http.max_upload_bytes,
+                               extra_codecs=frozenset({"png", "mjpeg"}))
         try:
             self.api.attach(Searcher(client, model, encoder, collection, limits=limits,
                                      max_top_k=self.settings.http.max_top_k))
         except Exception as exc:  # search is a service on the side: indexing goes on
             log.error("search disabled: %s: %s", type(exc).__name__, exc)
-
-    def _before_run(self, source: KafkaSource, runner: Runner) -> None:
-        """Kafka is reachable, the pipeline not started yet (`avindex reindex` hooks in here)."""
-
-    def _after_run(self, code: int) -> int:
-        """The runner stopped and committed; Qdrant is still open (`avindex reindex`)."""
-        return code
 
     def _check_stop(self) -> None:
         if self.stop.is_set():
@@ -241,51 +264,3 @@ class Daemon:
 
         retry(call, is_transient=transient, backoff=self._backoff(), stop=self.stop,
               on_failure=on_failure)
-
-
-# ------------------------------------------------------------------------------------- CLI
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE",
-                        help="YAML/TOML/JSON settings file (default: $AVINDEX_CONFIG); "
-                        "AVINDEX_<SECTION>_<FIELD> environment variables override it")
-
-
-def install_signal_handlers(daemon: Daemon) -> None:
-    """SIGTERM/SIGINT only set flags: the first asks for a drain, the second forces exit."""
-
-    def handler(signum, frame) -> None:
-        daemon.request_stop()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings | None:
-    """Load the settings named by `--config`/env and set up logging; None when refused."""
-    try:
-        settings, warnings = load_settings(getattr(args, "config", None))
-    except SettingsError as exc:
-        setup_logging("INFO", "json")
-        log.error("invalid settings: %s", exc)
-        return None
-    setup_logging(settings.log.level, settings.log.format)
-    for warning in warnings:
-        log.warning(warning)
-    return settings
-
-
-def main(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    if settings is None:
-        return EXIT_CONFIG
-    log.info("avindex daemon starting", extra={"fields": {"settings": settings.redacted()}})
-    daemon = Daemon(settings)
-    install_signal_handlers(daemon)
-    code = daemon.run()
-    log.info("avindex daemon exiting with code %d", code)
-    if daemon.force.is_set():
-        # Forced exit: everything was closed above; skip the interpreter's teardown (module
-        # finalisers, ONNX Runtime sessions), which takes seconds on a loaded machine.
-        logging.shutdown()
-        os._exit(code)
-    return code

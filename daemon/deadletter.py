@@ -14,9 +14,9 @@ import logging
 from kafka import KafkaProducer
 from kafka.errors import MessageSizeTooLargeError
 
+from avindex.daemon.kafka_config import client_config
 from avindex.daemon.messages import Record
 from avindex.daemon.settings import KafkaSettings
-from avindex.daemon.source import client_config
 
 __all__ = ["DeadLetterProducer", "dead_letter_headers"]
 

@@ -2,24 +2,24 @@
 
 One session per modality. The execution provider is chosen once (TensorRT when configured, then
 CUDA, then CPU) and what ONNX Runtime actually registered is reported, because a CUDA provider
-that fails to initialise silently leaves only the CPU. Healthy means the last inference worked.
+that fails to initialise silently leaves only the CPU. Whether inference works is the pipeline's
+to judge (it reports it to the health probes), not the encoder's.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import onnxruntime as ort
 
-from avindex.daemon.media import pad_batch
+from avindex.daemon.media import DecodedMedia, pad_batch
 from avindex.daemon.model_dir import ModelDir
+from avindex.daemon.ports import Embedder, Embeddings
 
-__all__ = ["Embeddings", "EncodeError", "Encoder", "choose_providers"]
+__all__ = ["EncodeError", "Encoder", "choose_providers", "embed_decoded"]
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,6 @@ OUTPUTS = ("embedding", "variance")
 
 class EncodeError(RuntimeError):
     """The model cannot be run as the manifest describes (a deployment problem, not an item's)."""
-
-
-@dataclass
-class Embeddings:
-    """Per item: the embedding (the VAE mean) and its variance, both float32 [n, dim]."""
-
-    embedding: np.ndarray
-    variance: np.ndarray
 
 
 def choose_providers(
@@ -94,10 +86,6 @@ class Encoder:
         self.max_batch = max_batch
         self.providers: dict[str, str] = {}
         self._sessions: dict[str, ort.InferenceSession] = {}
-        self._lock = threading.Lock()
-        self.last_ok: bool | None = None  # None until the first inference
-        self.last_error: str | None = None
-        self.last_time = 0.0
 
         wanted, notes = choose_providers(ort.get_available_providers(), device, tensorrt,
                                          cuda_device_id, fp16)
@@ -169,24 +157,14 @@ class Encoder:
     def _run(self, modality: str, items: Sequence[np.ndarray]) -> Embeddings:
         session = self._sessions[modality]
         feeds = self._feeds(modality, items)
-        try:
-            embedding, variance = session.run(list(OUTPUTS), feeds)
-        except Exception as exc:
-            self._record(False, f"{modality}: {exc}")
-            raise
+        embedding, variance = session.run(list(OUTPUTS), feeds)
         embedding = np.asarray(embedding, dtype=np.float32)
         variance = np.asarray(variance, dtype=np.float32)
         expected = (len(items), self.model.embedding_dim)
         if embedding.shape != expected or variance.shape != expected:
-            self._record(False, f"{modality}: output shape {embedding.shape} != {expected}")
             raise EncodeError(f"{modality}: graph returned {embedding.shape}/{variance.shape}, "
                               f"expected {expected}")
-        self._record(True, None)
         return Embeddings(embedding, variance)
-
-    def _record(self, ok: bool, error: str | None) -> None:
-        with self._lock:
-            self.last_ok, self.last_error, self.last_time = ok, error, time.monotonic()
 
     # --------------------------------------------------------------------------------- warm-up
     def warm_up(self) -> dict[str, float]:
@@ -213,7 +191,16 @@ class Encoder:
         assert spec_a is not None
         return np.zeros(int(spec_a.max_seconds * spec_a.sample_rate), np.float32)
 
-    @property
-    def healthy(self) -> bool:
-        """The last inference worked (True before the first one only after warm-up ran)."""
-        return bool(self.last_ok)
+
+def embed_decoded(encoder: Embedder, decoded: DecodedMedia,
+                  modalities: Iterable[str] | None = None) -> dict[str, tuple[np.ndarray, float]]:
+    """One item's (embedding, mean variance) per modality it has (or of `modalities`).
+
+    `avindex embed` and search embed single items through here, with the daemon's encoder.
+    """
+    out = {}
+    for modality in decoded.modalities if modalities is None else modalities:
+        item = decoded.frames if modality == "visual" else decoded.audio
+        result = encoder.embed(modality, [item])
+        out[modality] = (result.embedding[0], float(result.variance[0].mean()))
+    return out

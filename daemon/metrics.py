@@ -15,6 +15,7 @@ P = "avindex_"
 LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 END_TO_END = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+SEARCH = (0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30)
 
 
 class Metrics:
@@ -75,6 +76,13 @@ class Metrics:
         self.commits = Counter(P + "offset_commits", "Successful offset commits.", registry=r)
         self.rebalances = Counter(P + "rebalances", "Partition revocations (group rebalances).",
                                   registry=r)
+        # -- search (HTTP)
+        self.searches = Counter(P + "search_requests",
+                                "POST /search answers by HTTP status and error code.",
+                                ["status", "code"], registry=r)
+        self.search_seconds = Histogram(P + "search_duration_seconds",
+                                        "POST /search, from the request to the answer.",
+                                        buckets=SEARCH, registry=r)
         # -- identity and state
         self.model = Info(P + "model", "The model directory being served.", registry=r)
         self.provider = Gauge(P + "execution_provider",

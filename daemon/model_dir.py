@@ -38,12 +38,10 @@ class ModelDirError(ValueError):
     """A model directory the daemon refuses to run; the message says why."""
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file (the manifest pins every graph file with it)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _canonical_json(value: Any) -> str:

@@ -105,9 +105,6 @@ class OffsetTracker:
             return cp.in_flight if cp else 0
         return sum(cp.in_flight for cp in self._partitions.values())
 
-    def partitions(self) -> list[Hashable]:
-        return list(self._partitions)
-
     def to_commit(self, partitions=None) -> dict[Hashable, int]:
         """Commit points that moved since the last `mark_committed` (optionally for some only)."""
         out = {}

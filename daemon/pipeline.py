@@ -29,15 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from avindex.daemon.encoder import Encoder
 from avindex.daemon.health import Health
 from avindex.daemon.media import DecodedMedia, DecodeLimits, MediaError, decode_media
 from avindex.daemon.messages import Fetcher, ItemError, MediaRequest, Record, parse_record
 from avindex.daemon.metrics import Metrics
 from avindex.daemon.model_dir import ModelDir
 from avindex.daemon.offsets import Token
+from avindex.daemon.ports import DeadLetters, Embedder, Point, Sink
 from avindex.daemon.retry import Aborted, Backoff, retry
-from avindex.daemon.sink import Point, QdrantSink, failure_reason, is_transient
 
 __all__ = ["Job", "Pipeline"]
 
@@ -68,9 +67,9 @@ class Pipeline:
         self,
         *,
         model: ModelDir,
-        encoder: Encoder,
-        sink: QdrantSink,
-        dead_letters,  # .send(record, reason=, stage=, message=, exception=)
+        encoder: Embedder,
+        sink: Sink,
+        dead_letters: DeadLetters,
         fetcher: Fetcher,
         limits: DecodeLimits,
         metrics: Metrics,
@@ -384,11 +383,12 @@ class Pipeline:
         """Jobs whose points Qdrant confirmed; rejected points are dead-lettered one by one."""
 
         def on_failure(exc: BaseException, attempt: int, delay: float) -> None:
-            self.metrics.failures.labels("upsert", failure_reason(exc)).inc()
+            reason = self.sink.failure_reason(exc)
+            self.metrics.failures.labels("upsert", reason).inc()
             self.metrics.retries.labels("upsert").inc()
             self.health.set(last_upsert_ok=False, qdrant_ok=False, qdrant_error=repr(exc)[:300])
             log.warning("upsert of %d points failed (%s); retry %d in %.1fs", len(points),
-                        failure_reason(exc), attempt + 1, delay)
+                        reason, attempt + 1, delay)
 
         def attempt() -> float:
             start = time.perf_counter()
@@ -396,7 +396,7 @@ class Pipeline:
             return time.perf_counter() - start
 
         try:
-            seconds = retry(attempt, is_transient=is_transient, backoff=self.backoff,
+            seconds = retry(attempt, is_transient=self.sink.is_transient, backoff=self.backoff,
                             stop=self._abort, on_failure=on_failure)
         except Aborted:
             return []

@@ -1,12 +1,12 @@
-"""`avindex reindex`: index every partition up to the end offsets seen at start, then stop.
+"""Re-indexing as a completion policy: index every partition up to the end offsets seen at start.
 
-A model upgrade (docs/operations.md) runs this with the new model directory and a new consumer
-group: the normal daemon (same pipeline, same checkpointing) writes into
+A model upgrade (docs/operations.md) runs the normal daemon (same pipeline, same checkpointing)
+with the new model directory and a new consumer group, plus this policy: it writes into
 `<collection_prefix>-<new model_version>` with `qdrant.alias_policy` treated as `never` and
-`kafka.auto_offset_reset` as `earliest`. At start it records the end offset of every partition of
-`kafka.topics`; once the group's committed offset has reached it on every partition, it drains
-and commits as on SIGTERM and, with `--switch-alias`, points `qdrant.alias` at the new collection
-in one `update_collection_aliases` call.
+`kafka.auto_offset_reset` as `earliest` (`reindex_settings`). Before consuming it records the end
+offset of every partition of `kafka.topics`; once the group's committed offset has reached it on
+every partition, the daemon drains and commits as on SIGTERM and, with `switch_alias`, the policy
+points `qdrant.alias` at the new collection in one atomic alias update.
 
 Exit codes: 0 caught up (and switched, when asked); 1 stopped (signal) or failed before catching
 up, alias untouched; 2 configuration refused, as for `avindex run`; 3 start-up timeout.
@@ -14,27 +14,29 @@ up, alias untouched; 2 configuration refused, as for `avindex run`; 3 start-up t
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
+import threading
 import time
+from typing import Any
 
 from kafka import KafkaConsumer
 
-from avindex.daemon.app import (
-    EXIT_CONFIG,
-    ConfigurationError,
-    Daemon,
-    install_signal_handlers,
-    settings_from_args,
-)
-from avindex.daemon.app import configure as configure_run
-from avindex.daemon.retry import Aborted, retry
-from avindex.daemon.runner import Runner
+from avindex.daemon.app import ConfigurationError, Daemon
+from avindex.daemon.kafka_config import client_config
+from avindex.daemon.offsets import OffsetTracker
+from avindex.daemon.ports import AliasedCollection, Source, TopicPartition
+from avindex.daemon.retry import Aborted, Backoff, retry
 from avindex.daemon.settings import KafkaSettings, Settings
 from avindex.daemon.sink import is_transient
-from avindex.daemon.source import KafkaSource, TopicPartition, client_config
 
-__all__ = ["EXIT_INCOMPLETE", "Reindexer", "configure", "end_offsets", "main"]
+__all__ = [
+    "EXIT_INCOMPLETE",
+    "ReindexPolicy",
+    "end_offsets",
+    "reindex_daemon",
+    "reindex_settings",
+]
 
 log = logging.getLogger("avindex.daemon.reindex")
 
@@ -76,55 +78,49 @@ def end_offsets(kafka: KafkaSettings, timeout_s: float = 30.0) -> dict[TopicPart
         consumer.close(autocommit=False)
 
 
-class Reindexer(Daemon):
-    """The daemon, stopping itself once it has caught up with the end offsets seen at start."""
+def reindex_settings(settings: Settings) -> Settings:
+    """The settings a re-index runs with: only a completed re-index moves the alias, and a new
+    group reads everything."""
+    return dataclasses.replace(
+        settings,
+        qdrant=dataclasses.replace(settings.qdrant, alias_policy="never"),
+        kafka=dataclasses.replace(settings.kafka, auto_offset_reset="earliest"))
 
-    def __init__(self, settings: Settings, *, switch_alias: bool = False, **kwargs) -> None:
-        settings.qdrant.alias_policy = "never"  # only a completed re-index moves the alias
-        settings.kafka.auto_offset_reset = "earliest"  # a new group reads everything
-        super().__init__(settings, **kwargs)
+
+class ReindexPolicy:
+    """Stops the daemon once it caught up with the end offsets seen at start (a
+    `CompletionPolicy`); then optionally switches the alias."""
+
+    def __init__(self, settings: Settings, *, switch_alias: bool = False,
+                 stop: threading.Event | None = None) -> None:
+        self.kafka = settings.kafka
+        self.alias = settings.qdrant.alias
+        self.backoff = Backoff(settings.pipeline.retry_initial_s, settings.pipeline.retry_max_s)
         self.switch_alias = switch_alias
+        self.stop = stop or threading.Event()  # ends the alias-switch retries
         self.targets: dict[TopicPartition, int] = {}
         self.completed = False
         self._reached: set[TopicPartition] = set()
         self._next_check = 0.0
-        self._source: KafkaSource | None = None
-        self._runner: Runner | None = None
+        self._source: Source | None = None
+        self._tracker: OffsetTracker | None = None
+        self._collection: AliasedCollection | None = None
 
-    def run(self) -> int:
-        code = super().run()
-        if code == 0 and not self.completed:  # a signal during start-up
-            return self._incomplete(code)
-        return code
-
-    def _incomplete(self, code: int) -> int:
-        log.error("re-index stopped before catching up with the end offsets; the alias was "
-                  "left alone (the group's committed offsets keep the progress)")
-        return code or EXIT_INCOMPLETE
-
-    def _before_run(self, source: KafkaSource, runner: Runner) -> None:
-        found: dict[TopicPartition, int] = {}
-
-        def record() -> None:
-            found.update(end_offsets(self.settings.kafka, timeout_s=10.0))
-
-        self._until_reachable("Kafka", ",".join(self.settings.kafka.bootstrap_servers), record,
-                              lambda exc: not isinstance(exc, ConfigurationError))
-        self.targets = found
-        self._source, self._runner = source, runner
-        runner.done = self._caught_up
-        log.info("re-indexing into %s up to %s", self.sink.collection if self.sink else "?",
-                 {f"{tp.topic}/{tp.partition}": o for tp, o in sorted(found.items())},
+    def prepare(self, source: Source, tracker: OffsetTracker,
+                collection: AliasedCollection) -> None:
+        self.targets = end_offsets(self.kafka, timeout_s=10.0)
+        self._source, self._tracker, self._collection = source, tracker, collection
+        log.info("re-indexing into %s up to %s", collection.collection,
+                 {f"{tp.topic}/{tp.partition}": o for tp, o in sorted(self.targets.items())},
                  extra={"fields": {"end_offsets": {f"{tp.topic}/{tp.partition}": o
-                                                   for tp, o in found.items()}}})
+                                                   for tp, o in self.targets.items()}}})
 
-    def _caught_up(self) -> bool:
+    def done(self) -> bool:
         """Committed offset >= recorded end offset on every partition (runner thread)."""
         now = time.monotonic()
         if now < self._next_check:
             return False
         self._next_check = now + CHECK_INTERVAL_S
-        assert self._source is not None and self._runner is not None
         for tp, end in self.targets.items():
             if tp in self._reached:
                 continue
@@ -142,65 +138,57 @@ class Reindexer(Daemon):
     def _reached_end(self, tp: TopicPartition, end: int) -> bool:
         if end <= 0:
             return True
-        runner, source = self._runner, self._source
-        assert runner is not None and source is not None
+        source, tracker = self._source, self._tracker
+        assert source is not None and tracker is not None
         if tp not in source.assignment():  # another member's (a remote call; throttled)
             point = source.committed(tp)
             return point is not None and point >= end
-        point = runner.tracker.committed(tp)
+        point = tracker.committed(tp)
         if point is not None and point >= end:
             return True
         # Everything received is finished and committed and the consumer's position is at or
         # past the end: nothing below `end` is left to process. This is the case for a Job
         # attempt resuming from committed offsets, and where the offsets past the last record
         # hold no records (transaction markers, or retention deleted them).
-        if runner.tracker.in_flight(tp) == 0 and not runner.tracker.to_commit({tp}):
+        if tracker.in_flight(tp) == 0 and not tracker.to_commit({tp}):
             position = source.position(tp)
             return position is not None and position >= end
         return False
 
-    def _after_run(self, code: int) -> int:
-        runner = self._runner
-        if code != 0 or runner is None or not runner.finished:
-            return self._incomplete(code)
+    def finish(self, code: int, caught_up: bool) -> int:
+        if code != 0 or not caught_up:
+            log.error("re-index stopped before catching up with the end offsets; the alias was "
+                      "left alone (the group's committed offsets keep the progress)")
+            return code or EXIT_INCOMPLETE
         if self.switch_alias:
-            assert self.sink is not None
-            sink = self.sink
+            collection = self._collection
+            assert collection is not None
 
             def on_failure(exc: BaseException, attempt: int, delay: float) -> None:
-                log.error("switching alias %s failed (%s: %s); retrying in %.1fs", sink.alias,
-                          type(exc).__name__, exc, delay)
+                log.error("switching alias %s failed (%s: %s); retrying in %.1fs",
+                          collection.alias, type(exc).__name__, exc, delay)
 
             try:
-                retry(sink.switch_alias, is_transient=is_transient, backoff=self._backoff(),
+                retry(collection.switch_alias, is_transient=is_transient, backoff=self.backoff,
                       stop=self.stop, on_failure=on_failure)
             except Aborted:
-                raise
+                return EXIT_INCOMPLETE
             except Exception as exc:  # refused: leave the alias as it is, fail the Job
-                log.error("switching alias %s refused: %s: %s", sink.alias, type(exc).__name__,
-                          exc)
+                log.error("switching alias %s refused: %s: %s", collection.alias,
+                          type(exc).__name__, exc)
                 return EXIT_INCOMPLETE
         else:
-            log.info("re-index complete; alias %s left alone (no --switch-alias)",
-                     self.settings.qdrant.alias)
+            log.info("re-index complete; alias %s left alone (no --switch-alias)", self.alias)
         self.completed = True
         return 0
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    configure_run(parser)
-    parser.add_argument("--switch-alias", action="store_true",
-                        help="once caught up, point qdrant.alias at the new collection")
-
-
-def main(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    if settings is None:
-        return EXIT_CONFIG
-    daemon = Reindexer(settings, switch_alias=bool(getattr(args, "switch_alias", False)))
-    log.info("avindex reindex starting", extra={"fields": {
-        "settings": settings.redacted(), "switch_alias": daemon.switch_alias}})
-    install_signal_handlers(daemon)
-    code = daemon.run()
-    log.info("avindex reindex exiting with code %d", code)
-    return code
+def reindex_daemon(settings: Settings, *, switch_alias: bool = False,
+                   qdrant_client: Any = None) -> Daemon:
+    """A daemon that re-indexes (its policy is `daemon.completion`); `run()` returns the exit
+    code above. A stop request also ends the alias switch's retries."""
+    settings = reindex_settings(settings)
+    policy = ReindexPolicy(settings, switch_alias=switch_alias)
+    daemon = Daemon(settings, qdrant_client=qdrant_client, completion=policy)
+    policy.stop = daemon.stop
+    return daemon

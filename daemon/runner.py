@@ -27,8 +27,8 @@ from avindex.daemon.health import Health
 from avindex.daemon.metrics import Metrics
 from avindex.daemon.offsets import OffsetTracker, Token
 from avindex.daemon.pipeline import Job, Pipeline
+from avindex.daemon.ports import Source, TopicPartition
 from avindex.daemon.settings import Settings
-from avindex.daemon.source import KafkaSource, TopicPartition
 
 __all__ = ["Runner"]
 
@@ -41,7 +41,7 @@ LAG_INTERVAL_S = 1.0
 class Runner:
     """Owns the consumer, the offset checkpoint and the stop sequence."""
 
-    def __init__(self, settings: Settings, source: KafkaSource, pipeline: Pipeline,
+    def __init__(self, settings: Settings, source: Source, pipeline: Pipeline,
                  acks: queue.SimpleQueue, metrics: Metrics, health: Health,
                  stop: threading.Event, force: threading.Event) -> None:
         self.settings, self.source, self.pipeline = settings, source, pipeline

@@ -12,7 +12,6 @@ against a Qdrant server) and by the daemon's `POST /search`.
 from __future__ import annotations
 
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -23,8 +22,7 @@ from typing import Any
 import numpy as np
 from qdrant_client import models
 
-from avindex.daemon.embed import embed_decoded
-from avindex.daemon.encoder import Encoder
+from avindex.daemon.encoder import Encoder, embed_decoded
 from avindex.daemon.media import DecodeLimits, MediaError, decode_media
 from avindex.daemon.model_dir import ModelDir
 from avindex.daemon.sink import point_id
@@ -34,7 +32,6 @@ __all__ = [
     "Options",
     "SearchError",
     "Searcher",
-    "SerialClient",
     "collection_version",
     "parse_filters",
     "plan",
@@ -118,26 +115,6 @@ def collection_version(client: Any, name: str) -> tuple[str, str | None]:
     points, _ = client.scroll(collection, limit=1, with_payload=["model_version"])
     version = points[0].payload.get("model_version") if points else None
     return collection, version
-
-
-class SerialClient:
-    """Serialises calls to a local-mode Qdrant client, which is not thread-safe, so that
-    searches from HTTP threads and the sink's upserts never run inside it at the same time."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._client, name)
-        if not callable(attr):
-            return attr
-
-        def serialised(*args, **kwargs):
-            with self._lock:
-                return attr(*args, **kwargs)
-
-        return serialised
 
 
 @dataclass(frozen=True)

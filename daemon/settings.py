@@ -29,8 +29,10 @@ __all__ = ["ENV_PREFIX", "Settings", "SettingsError", "load_settings", "referenc
 
 ENV_PREFIX = "AVINDEX_"
 MASK = "***"
-# Read by scripts/setup.sh and scripts/test.sh, not by the daemon: not worth a warning.
-SCRIPT_VARIABLES = ("AVINDEX_EXTRAS", "AVINDEX_VENV")
+# Read by scripts/setup.sh, scripts/test.sh and the training tools, not by the daemon: not worth
+# a warning.
+SCRIPT_VARIABLES = ("AVINDEX_EXTRAS", "AVINDEX_VENV", "AVINDEX_TORCH", "AVINDEX_TORCH_INDEX",
+                    "AVINDEX_WEIGHTS_DIR")
 
 
 class SettingsError(ValueError):

@@ -1,8 +1,9 @@
 """The Qdrant side: a collection per model version behind an alias, and `wait=True` upserts.
 
-The sink makes one attempt per call; retries and back-off belong to the runner, which asks
-`is_transient` whether an error is worth retrying. The same qdrant-client API serves a server or
-cluster (`url=`) and the in-process local mode (`path=` or `:memory:`) used by tests.
+The sink makes one attempt per call; retries and back-off belong to the pipeline, which asks
+the sink's `is_transient` whether an error is worth retrying. The same qdrant-client API serves a
+server or cluster (`url=`) and the in-process local mode (`path=` or `:memory:`), which is not
+thread-safe: `SerialClient` serialises the sink's and the searches' calls to it.
 
 Point ids are UUIDv5 of the media id in a fixed namespace, so a replay overwrites a point instead
 of adding a duplicate. Applications can compute the id of a media item the same way.
@@ -11,16 +12,17 @@ of adding a duplicate. Applications can compute the id of a media item the same 
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from avindex.daemon.ports import Point
 from avindex.daemon.settings import QdrantSettings
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "CollectionMismatchError",
     "Point",
     "QdrantSink",
+    "SerialClient",
     "failure_reason",
     "is_transient",
     "make_client",
@@ -57,11 +60,24 @@ class CollectionMismatchError(RuntimeError):
     """An existing collection's vectors do not fit the model; writing there would corrupt it."""
 
 
-@dataclass
-class Point:
-    media_id: str
-    vectors: dict[str, list[float]]
-    payload: dict[str, Any] = field(default_factory=dict)
+class SerialClient:
+    """Serialises calls to a local-mode Qdrant client, which is not thread-safe, so that
+    searches from HTTP threads and the sink's upserts never run inside it at the same time."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def serialised(*args, **kwargs):
+            with self._lock:
+                return attr(*args, **kwargs)
+
+        return serialised
 
 
 def make_client(s: QdrantSettings) -> QdrantClient:
@@ -234,9 +250,12 @@ class QdrantSink:
             wait=True,
         )
 
-    def ping(self) -> None:
-        """Raises when Qdrant cannot be reached (readiness)."""
-        self.client.collection_exists(self.collection)
+    def is_transient(self, exc: BaseException) -> bool:
+        """Worth retrying (an outage) rather than the data's fault (see `is_transient`)."""
+        return is_transient(exc)
+
+    def failure_reason(self, exc: BaseException) -> str:
+        return failure_reason(exc)
 
     def close(self) -> None:
         try:

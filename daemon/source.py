@@ -1,4 +1,4 @@
-"""The Kafka side: a consumer with manual commits and pause/resume, and the shared client config.
+"""The Kafka side: a consumer with manual commits and pause/resume (the pipeline's `Source`).
 
 A thin adapter over kafka-python (used only from the runner's thread: the consumer is not
 thread-safe). It never commits by itself: `enable_auto_commit` is off and the runner commits the
@@ -12,43 +12,21 @@ asynchronous commit of them on the IO loop before the partitions are handed over
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from avindex.daemon.kafka_config import client_config
 from avindex.daemon.messages import Record
+from avindex.daemon.ports import AssignHook, CommitOutcome, RevokeHook
 from avindex.daemon.settings import KafkaSettings
 
-__all__ = ["KafkaSource", "TopicPartition", "client_config", "release_parked_records"]
+__all__ = ["KafkaSource", "release_parked_records"]
 
 log = logging.getLogger(__name__)
-
-
-def client_config(s: KafkaSettings) -> dict[str, Any]:
-    """Connection and security settings shared by the consumer and the dead-letter producer."""
-    config: dict[str, Any] = {
-        "bootstrap_servers": s.bootstrap_servers,
-        "client_id": s.client_id,
-        "request_timeout_ms": s.request_timeout_ms,
-        "security_protocol": s.security_protocol,
-    }
-    optional = {
-        "sasl_mechanism": s.sasl_mechanism,
-        "sasl_plain_username": s.sasl_username,
-        "sasl_plain_password": s.sasl_password,
-        "ssl_cafile": s.ssl_cafile,
-        "ssl_certfile": s.ssl_certfile,
-        "ssl_keyfile": s.ssl_keyfile,
-        "ssl_password": s.ssl_password,
-    }
-    config.update({k: v for k, v in optional.items() if v is not None})
-    if s.security_protocol in ("SSL", "SASL_SSL"):
-        config["ssl_check_hostname"] = s.ssl_check_hostname
-    return config
 
 
 def release_parked_records(consumer: KafkaConsumer) -> None:
@@ -68,11 +46,6 @@ def release_parked_records(consumer: KafkaConsumer) -> None:
 
 def _offset_meta(offsets: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
     return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
-
-
-RevokeHook = Callable[[list[TopicPartition]], dict[TopicPartition, int]]
-AssignHook = Callable[[list[TopicPartition]], None]
-CommitOutcome = Callable[[dict[TopicPartition, int], KafkaError | None], None]
 
 
 class _Listener(AsyncConsumerRebalanceListener):
@@ -150,7 +123,8 @@ class KafkaSource:
         return out
 
     def assignment(self) -> set[TopicPartition]:
-        return set(self.consumer.assignment())
+        """Partitions held now (empty before `connect()` and after `close()`)."""
+        return set(self._consumer.assignment()) if self._consumer is not None else set()
 
     def paused(self) -> set[TopicPartition]:
         return set(self.consumer.paused())

@@ -13,17 +13,17 @@ import torch
 
 from avindex.daemon.model_dir import compute_model_version, load_model_dir, sha256_file
 from avindex.exporters.chains import AudioChain, VisualChain
-from avindex.exporters.onnx_export import (
+from avindex.exporters.fp16 import convert_fp16
+from avindex.training.frontends import FrontendSpec, build_audio_frontend, build_visual_frontend
+from avindex.training.frontends.paper import with_weights
+from avindex.training.onnx_graphs import (
     INPUT_NAMES,
     OPSET,
     OUTPUT_NAMES,
-    convert_fp16,
     example_inputs,
     export_chain,
     parity,
 )
-from avindex.training.frontends import FrontendSpec, build_audio_frontend, build_visual_frontend
-from avindex.training.frontends.paper import with_weights
 from avindex.training.train import load_checkpoint
 
 log = logging.getLogger(__name__)

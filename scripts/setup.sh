@@ -6,6 +6,10 @@
 #   AVINDEX_EXTRAS  pip extras to install (default: cpu,train,embedded, with --test
 #                   cpu,train,test; use gpu,train,embedded on a GPU box)
 #   AVINDEX_VENV    where the virtual environment lives (default: .venv)
+#   AVINDEX_TORCH   the torch requirement installed first when an extra needs torch (default
+#                   torch==2.13.0, whose CPU wheel lies on the project's machines)
+#   AVINDEX_TORCH_INDEX  a pip index URL to take torch from, e.g. PyTorch's CPU-only wheel index
+#                   on a machine without a GPU (plain pip would fetch a multi-GB CUDA build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 test_tools=0
@@ -64,8 +68,16 @@ if [ ! -x "$venv/bin/python" ]; then
   say "creating virtual environment $venv"
   python3 -m venv "$venv"
 fi
-say "installing avindex[$extras] (torch 2.13.0 CPU comes from the local wheel when present)"
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+# torch first, by an exact requirement: the `train` extra only asks for a range, which pip could
+# satisfy with a multi-GB CUDA build; an installed torch in that range is kept as it is.
+if [[ ",$extras," == *,train,* ]] && ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+  torch_req="${AVINDEX_TORCH:-torch==2.13.0}"
+  say "installing $torch_req${AVINDEX_TORCH_INDEX:+ from $AVINDEX_TORCH_INDEX}"
+  "$venv/bin/python" -m pip install -q "$torch_req" \
+    ${AVINDEX_TORCH_INDEX:+--index-url "$AVINDEX_TORCH_INDEX"}
+fi
+say "installing avindex[$extras]"
 "$venv/bin/python" -m pip install -q -e ".[$extras]"
 
 # Google's speech_embedding (Apache-2.0), the default audio front-end: the openwakeword wheel

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The test command: set up (idempotent), lint, run the default test suite.
+# The test command: set up (idempotent), lint, check the architecture contracts, run the default
+# test suite.
 # Extra arguments go to pytest (e.g. `bash scripts/test.sh -m slow`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
 venv="${AVINDEX_VENV:-.venv}"
 "$venv/bin/ruff" check .
+"$venv/bin/lint-imports"  # the import contracts in pyproject.toml (docs/architecture.md)
 set +e
 "$venv/bin/python" -m pytest -m "not slow" "$@"
 rc=$?

@@ -3,12 +3,11 @@ built once per test session and reused by the feature, export and daemon tests."
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before anything imports onnxruntime
+import avindex.daemon  # noqa: F401  (first: it turns ONNX Runtime's telemetry off)
 
 
 @pytest.fixture(scope="session")

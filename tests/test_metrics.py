@@ -9,6 +9,7 @@ import pytest
 
 from avindex.training.metrics import (
     RECALL_LEVELS,
+    average_precision,
     mean_average_precision,
     ranking_stats,
     retrieval_metrics,
@@ -155,3 +156,9 @@ def test_numpy_fallback_ranks_like_torch(monkeypatch):
     with_torch = ranking_stats(q, g, ql, gl, ks=(5,)).ap
     monkeypatch.setattr(metrics, "torch", None)
     np.testing.assert_array_equal(ranking_stats(q, g, ql, gl, ks=(5,)).ap, with_torch)
+
+
+def test_average_precision_of_one_ranked_list():
+    assert average_precision([True, False, True]) == pytest.approx((1 + 2 / 3) / 2)
+    assert average_precision([False, False]) == 0.0
+    assert average_precision([False, True]) == pytest.approx(0.5)

@@ -17,7 +17,6 @@ import torch
 
 from avindex.daemon.media import decode_media
 from avindex.exporters.chains import AudioChain, VisualChain
-from avindex.exporters.onnx_export import onnx_session
 from avindex.exporters.writer import export_model_dir, frontend_specs
 from avindex.training.features import extract_features, pad_audio, pad_frames
 from avindex.training.features_h5 import load_features
@@ -29,6 +28,7 @@ from avindex.training.frontends.vgg19 import VGG19Frames, VGG19Net
 from avindex.training.frontends.vggish import VGGishEmbedding, VGGishNet
 from avindex.training.media_manifest import read_media_manifest
 from avindex.training.model import VAECCA, VAECCAConfig
+from avindex.training.onnx_graphs import onnx_session
 from avindex.training.train import TrainConfig, load_checkpoint, train
 
 SIZE = 64  # frame size in these tests: VGG19 runs at any size; 224 is the default
@@ -147,7 +147,7 @@ def test_vggish_layout_errors_and_changed_file(weights, tmp_path):
 
 
 def test_cli_reports_a_bad_weights_file_without_a_traceback(weights, tmp_path, capsys):
-    from avindex.daemon.cli import main
+    from avindex.tools.cli import main
 
     (tmp_path / "m.csv").write_text("path,label\nnone.mp4,a\n")
     args = ["data", "features", "--media", str(tmp_path / "m.csv"), "--out", str(tmp_path / "f.h5"),
@@ -332,7 +332,7 @@ def test_inception_layout_and_padding(inception_file, tmp_path):
 
 def _visual_chain_parity(spec, visual_dim: int, tiny_corpus, tmp_path) -> None:
     """export_chain of front-end + a small encoder; ONNX == PyTorch on 2 real clips."""
-    from avindex.exporters.onnx_export import export_chain
+    from avindex.training.onnx_graphs import export_chain
 
     torch.manual_seed(10)
     model = VAECCA(VAECCAConfig(visual_dim=visual_dim, audio_dim=128, hidden_dim=32, latent_dim=8))

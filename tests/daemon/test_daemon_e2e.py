@@ -28,13 +28,14 @@ from daemon_harness import (
     settings_for,
     wait_for,
 )
-from daemon_helpers import free_port, write_clip
 from qdrant_client import QdrantClient
 
 from avindex.daemon.encoder import Encoder
 from avindex.daemon.media import decode_media
 from avindex.daemon.model_dir import load_model_dir
 from avindex.daemon.sink import point_id
+from avindex.tools.kafka_admin import free_port
+from avindex.tools.synthetic import write_clip
 
 
 def clip_message(i: int, path, form: str, server: tuple[str, object] | None = None) -> tuple:
@@ -111,7 +112,7 @@ def test_200_clips_in_both_forms_are_indexed_and_equal_avindex_embed(
         assert all(p.payload["modalities"] == ["audio", "visual"] for p in points.values())
 
     # `avindex embed` of the same files gives the stored vectors (Qdrant normalises for cosine)
-    out = subprocess.run([sys.executable, "-m", "avindex.daemon.cli", "embed", "--model",
+    out = subprocess.run([sys.executable, "-m", "avindex.tools.cli", "embed", "--model",
                           str(model_dir), *map(str, corpus)], capture_output=True, text=True,
                          check=True, timeout=120)
     lines = [json.loads(line) for line in out.stdout.splitlines()]

@@ -8,10 +8,10 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from daemon_helpers import free_port
 
 from avindex.daemon.deadletter import dead_letter_headers
 from avindex.daemon.messages import Fetcher, ItemError, Record, parse_record
+from avindex.tools.kafka_admin import free_port
 
 
 def rec(value, key=b"m1", headers=(), **kw) -> Record:

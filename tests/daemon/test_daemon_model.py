@@ -91,9 +91,8 @@ def test_provider_choice_prefers_tensorrt_then_cuda_then_cpu():
 def test_encoder_matches_reference_and_padding_does_not_change_results(model_dir):
     enc = Encoder(load_model_dir(model_dir), device="cpu", max_batch=3)
     assert enc.providers == {"visual": CPU, "audio": CPU}
-    assert enc.healthy is False  # nothing ran yet
-    enc.warm_up()
-    assert enc.healthy
+    timings = enc.warm_up()
+    assert set(timings) == {"visual", "audio"}
     rng = np.random.default_rng(0)
     clips = [rng.integers(0, 256, (t, 32, 32, 3), dtype=np.uint8) for t in (1, 5, 8, 2, 3)]
     waves = [rng.uniform(-1, 1, n).astype(np.float32) for n in (10, 8000, 32000, 1, 500)]

@@ -20,8 +20,9 @@ from daemon_harness import (
     settings_for,
     wait_for,
 )
-from daemon_helpers import free_port
 from qdrant_client import QdrantClient
+
+from avindex.tools.kafka_admin import free_port
 
 
 def slow_messages(clips, media_server, seconds: float, count: int) -> list:
@@ -79,7 +80,7 @@ def test_sigterm_during_load_exits_zero_with_commits_matching_qdrant(
         in_flight = d.metric("avindex_in_flight_messages")
         d.signal(signal.SIGTERM)
         sent = time.monotonic()
-        code = d.wait(timeout=deadline + 15)
+        code = d.wait(deadline + 15)
         took = time.monotonic() - sent
     finally:
         d.kill()
@@ -115,7 +116,7 @@ def test_second_signal_forces_exit(broker, model_dir, clips, media_server, names
         assert d.proc.poll() is None  # draining
         d.signal(signal.SIGTERM)
         sent = time.monotonic()
-        code = d.wait(timeout=10)
+        code = d.wait(10)
         assert code == 1 and time.monotonic() - sent < 5
     finally:
         d.kill()
@@ -145,7 +146,7 @@ def test_kill_9_and_restart_lose_nothing_and_duplicate_nothing(
         wait_for(lambda: committed(broker.bootstrap, names["group"], topic, 3) == ends, 90,
                  interval=0.5, what="everything committed after the restart")
         second.signal(signal.SIGTERM)
-        assert second.wait(timeout=20) == 0
+        assert second.wait(20) == 0
     finally:
         second.kill()
     points = stored(qdrant_dir)
@@ -176,7 +177,7 @@ def test_unreachable_qdrant_at_start_is_not_ready_not_a_crash_loop(
         errors = [r["message"] for r in d.log_records() if r.get("level") == "ERROR"]
         assert any(f"Qdrant at http://127.0.0.1:{dead} is unreachable" in m for m in errors)
         d.signal(signal.SIGTERM)
-        assert d.wait(timeout=10) == 0
+        assert d.wait(10) == 0
     finally:
         d.kill()
 
@@ -189,7 +190,7 @@ def test_refused_model_directory_exits_2_with_the_reason(broker, model_dir, medi
     d = start_process(tmp_path, model_dir, broker, names, media_server, tmp_path / "q",
                       model={"dir": str(broken)})
     try:
-        assert d.wait(timeout=30) == 2
+        assert d.wait(30) == 2
     finally:
         d.kill()
     errors = [r["message"] for r in d.log_records() if r.get("level") == "ERROR"]

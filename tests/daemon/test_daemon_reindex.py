@@ -24,7 +24,7 @@ from qdrant_client import QdrantClient, models
 
 from avindex.daemon.app import EXIT_CONFIG
 from avindex.daemon.model_dir import load_model_dir
-from avindex.daemon.reindex import EXIT_INCOMPLETE, Reindexer, end_offsets
+from avindex.daemon.reindex import EXIT_INCOMPLETE, end_offsets, reindex_daemon
 from avindex.daemon.sink import QdrantSink
 
 
@@ -92,7 +92,7 @@ def test_reindex_fills_the_new_collection_then_switches_the_alias_in_one_call(
     settings = settings_for(new_dir, broker.bootstrap, topic, group=names["group"],
                             dlq=names["dlq"], media={"allowed_roots": [str(media_root)]})
     spy = AliasSpy(client)
-    reindexer = Reindexer(settings, switch_alias=True, qdrant_client=LockedClient(spy))
+    reindexer = reindex_daemon(settings, switch_alias=True, qdrant_client=LockedClient(spy))
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(reindexer.run()), daemon=True)
     thread.start()
@@ -126,7 +126,8 @@ def test_a_retried_reindex_resumes_from_the_committed_offsets_and_then_switches(
         settings = settings_for(new_dir, broker.bootstrap, topic, group=names["group"],
                                 dlq=names["dlq"], media={"allowed_roots": [str(media_root)]})
         result: list[int] = []
-        reindexer = Reindexer(settings, switch_alias=switch, qdrant_client=LockedClient(client))
+        reindexer = reindex_daemon(settings, switch_alias=switch,
+                                   qdrant_client=LockedClient(client))
         thread = threading.Thread(target=lambda: result.append(reindexer.run()), daemon=True)
         thread.start()
         thread.join(120)
@@ -161,7 +162,7 @@ def test_reindex_interrupted_by_sigterm_exits_non_zero_and_leaves_the_alias(
     log_path = tmp_path / "reindex.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "avindex.daemon.cli", "reindex", "--switch-alias",
+            [sys.executable, "-m", "avindex.tools.cli", "reindex", "--switch-alias",
              "--config", str(config)], stdout=log, stderr=subprocess.STDOUT,
             env={k: v for k, v in os.environ.items() if not k.startswith("AVINDEX_")})
         try:
@@ -191,5 +192,5 @@ def test_reindex_with_a_bad_model_directory_exits_2(broker, names, tmp_path):
     (bad / "audio.onnx").write_bytes(b"not a model")
     settings = settings_for(bad, broker.bootstrap, topic, group=names["group"],
                             dlq=names["dlq"])
-    assert Reindexer(settings, switch_alias=True,
-                     qdrant_client=QdrantClient(location=":memory:")).run() == EXIT_CONFIG
+    assert reindex_daemon(settings, switch_alias=True,
+                          qdrant_client=QdrantClient(location=":memory:")).run() == EXIT_CONFIG

@@ -27,8 +27,8 @@ from avindex.daemon.encoder import Encoder
 from avindex.daemon.media import decode_media
 from avindex.daemon.model_dir import load_model_dir
 from avindex.daemon.search import Searcher, SearchError
-from avindex.daemon.search_cli import post_search
 from avindex.daemon.sink import point_id
+from avindex.tools.search import post_search
 
 N = 40
 UPLOAD_LIMIT = 400_000
@@ -311,7 +311,7 @@ def test_probes_still_answer(index):
 # ------------------------------------------------------------------------------------- CLI
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AVINDEX_")}
-    return subprocess.run([sys.executable, "-m", "avindex.daemon.cli", "search", *args],
+    return subprocess.run([sys.executable, "-m", "avindex.tools.cli", "search", *args],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 

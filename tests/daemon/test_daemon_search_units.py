@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from qdrant_client import models
 
-from avindex.daemon.multipart import MultipartError, boundary_of, parse_form
+from avindex.daemon.http.multipart import MultipartError, boundary_of, parse_form
 from avindex.daemon.search import SearchError, parse_filters, plan
 
 BOTH = ["visual", "audio"]

@@ -74,10 +74,3 @@ def with_weights(spec: FrontendSpec, weights: str | Path, pca: str | Path | None
         params["pca"] = str(Path(pca).expanduser().resolve())
     return replace(spec, params=params)
 
-
-def provenance(spec: FrontendSpec) -> dict:
-    """The files a user-weights front-end read, for the pretrained-parts record."""
-    files = {"file": spec.params["weights"], "sha256": spec.params["weights_sha256"]}
-    if spec.params.get("pca"):
-        files |= {"pca_file": spec.params["pca"], "pca_sha256": spec.params["pca_sha256"]}
-    return files

@@ -91,10 +91,16 @@ def pretrained_entry(spec: FrontendSpec) -> dict | None:
         return None
     entry = PRETRAINED[spec.name] | {"used_for": spec.modality}
     if spec.name in USER_WEIGHTS:
-        from avindex.training.frontends.paper import provenance
-
-        entry |= provenance(spec)
+        entry |= _user_files(spec)
     return entry
+
+
+def _user_files(spec: FrontendSpec) -> dict:
+    """The files a user-weights front-end read (paths and sha256), for the provenance record."""
+    files = {"file": spec.params["weights"], "sha256": spec.params["weights_sha256"]}
+    if spec.params.get("pca"):
+        files |= {"pca_file": spec.params["pca"], "pca_sha256": spec.params["pca_sha256"]}
+    return files
 
 
 def _needs_weights(name: str) -> None:

@@ -9,13 +9,12 @@ features were extracted from it earlier, that it is still the same file (sha256)
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
-
-from avindex.daemon.model_dir import sha256_file
 
 Shapes = Mapping[str, tuple[int, ...]]
 _LISTED = 6  # names shown per problem in an error message
@@ -35,7 +34,8 @@ def checked_path(path: str | Path, what: str, layout: str) -> Path:
 
 def file_digest(path: Path, expected: str | None, what: str) -> str:
     """sha256 of the file; refuses a file that differs from the one features were made with."""
-    digest = sha256_file(path)
+    with open(path, "rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
     if expected and digest != expected:
         raise WeightsFileError(
             f"{what} weights file {path} has sha256 {digest}, but the features were extracted "

@@ -12,29 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable
 
-import numpy as np
-
-from avindex.daemon.encoder import Encoder
-from avindex.daemon.media import DecodedMedia, DecodeLimits, MediaError, decode_media
+from avindex.daemon.encoder import Encoder, embed_decoded
+from avindex.daemon.media import DecodeLimits, MediaError, decode_media
 from avindex.daemon.model_dir import ModelDirError, load_model_dir
 
-__all__ = ["configure", "embed_decoded", "main"]
-
-
-def embed_decoded(encoder: Encoder, decoded: DecodedMedia,
-                  modalities: Iterable[str] | None = None) -> dict[str, tuple[np.ndarray, float]]:
-    """One item's (embedding, mean variance) per modality it has (or of `modalities`).
-
-    `avindex embed` and `avindex search` both embed through here, as the daemon does.
-    """
-    out = {}
-    for modality in decoded.modalities if modalities is None else modalities:
-        item = decoded.frames if modality == "visual" else decoded.audio
-        result = encoder.embed(modality, [item])
-        out[modality] = (result.embedding[0], float(result.variance[0].mean()))
-    return out
+__all__ = ["configure", "main"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

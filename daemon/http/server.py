@@ -3,7 +3,7 @@
 Started first, before the model loads, so that an orchestrator gets "alive, not ready" answers
 during a slow start (warm-up, Qdrant or the broker not reachable yet) instead of refused
 connections that look like a crash. Other endpoints (search, the web page, media) are a route
-callable (`avindex.daemon.http_api.HttpApi`) given a small `Request` and answering a `Response`,
+callable (`avindex.daemon.http.api.HttpApi`) given a small `Request` and answering a `Response`,
 or None for "not mine"; each request runs in its own thread, never in the indexing loop.
 """
 

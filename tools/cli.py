@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from importlib import metadata
 
 # name -> (module, one-line help). Order is the order shown in --help.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -18,15 +19,23 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("avindex.training.cli_evaluate",
                  "MAP / precision@k of a checkpoint or a model directory; baselines"),
     "export": ("avindex.exporters.cli", "export a checkpoint (or the default model) to ONNX"),
-    "run": ("avindex.daemon.app", "run the indexing daemon: Kafka -> decode -> ONNX -> Qdrant"),
-    "reindex": ("avindex.daemon.reindex", "re-index the topics into a new model's collection, "
+    "run": ("avindex.tools.run", "run the indexing daemon: Kafka -> decode -> ONNX -> Qdrant"),
+    "reindex": ("avindex.tools.reindex", "re-index the topics into a new model's collection, "
                 "then optionally switch the alias"),
-    "embed": ("avindex.daemon.embed", "print the embeddings of media files as JSON lines"),
-    "search": ("avindex.daemon.search_cli", "find the videos that fit a sound, or the sounds "
+    "embed": ("avindex.tools.embed", "print the embeddings of media files as JSON lines"),
+    "search": ("avindex.tools.search", "find the videos that fit a sound, or the sounds "
                "that fit a video or image"),
-    "demo": ("avindex.daemon.demo", "one-command demo: broker, Qdrant, daemon, an AV-digits "
+    "demo": ("avindex.tools.demo", "one-command demo: broker, Qdrant, daemon, an AV-digits "
              "stream, cross-modal queries and the web page"),
 }
+
+
+def version() -> str:
+    """The installed distribution's version (the one in pyproject.toml)."""
+    try:
+        return metadata.version("avindex")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
@@ -35,6 +44,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         description="Audio-visual cross-modal indexing: train VAE-CCA encoders, export them to "
         "ONNX and index media streams from Kafka into Qdrant.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -1,6 +1,6 @@
 """The daemon's HTTP endpoints beyond the probes: search, the web page, media, OpenAPI.
 
-`HttpApi` is mounted on the probe server (`avindex.daemon.probes`) from the start and answers
+`HttpApi` is mounted on the probe server (`avindex.daemon.http.server`) from the start and answers
 503 `not_ready` until the daemon attaches a `Searcher` (model warmed up, collection checked).
 Searches run in the server's request threads, never in the indexing loop, and at most
 `http.search_concurrency` at once: more get 503 `overloaded` straight away instead of queueing
@@ -21,13 +21,11 @@ from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 
-from prometheus_client import Counter, Histogram
-
+from avindex.daemon.http.multipart import FormPart, MultipartError, boundary_of, parse_form
+from avindex.daemon.http.openapi import openapi_document
+from avindex.daemon.http.server import Request, Response
 from avindex.daemon.messages import Fetcher, ItemError
 from avindex.daemon.metrics import Metrics
-from avindex.daemon.multipart import FormPart, MultipartError, boundary_of, parse_form
-from avindex.daemon.openapi import openapi_document
-from avindex.daemon.probes import Request, Response
 from avindex.daemon.search import Options, Searcher, SearchError
 from avindex.daemon.settings import Settings
 
@@ -58,13 +56,8 @@ class HttpApi:
         self._search_slots = threading.BoundedSemaphore(self.http.search_concurrency)
         self._media_slots = threading.BoundedSemaphore(self.http.media_concurrency)
         self._openapi = json.dumps(openapi_document(settings), indent=1).encode()
-        self._web = resources.files("avindex.daemon") / "web"
-        self._searches = Counter(
-            "avindex_search_requests", "POST /search answers by HTTP status and error code.",
-            ["status", "code"], registry=metrics.registry)
-        self._search_seconds = Histogram(
-            "avindex_search_duration_seconds", "POST /search, from the request to the answer.",
-            buckets=(0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30), registry=metrics.registry)
+        self._web = resources.files("avindex.daemon.http") / "web"
+        self._metrics = metrics
         get: dict[str, Callable[[Request], Response]] = {
             "/openapi.json": lambda r: Response(200, self._openapi, "application/json"),
             "/info": self._info,
@@ -125,8 +118,8 @@ class HttpApi:
             finally:
                 self._search_slots.release()
         code = json.loads(response.body).get("error", "ok") if response.status >= 400 else "ok"
-        self._searches.labels(str(response.status), code).inc()
-        self._search_seconds.observe(time.perf_counter() - started)
+        self._metrics.searches.labels(str(response.status), code).inc()
+        self._metrics.search_seconds.observe(time.perf_counter() - started)
         return response
 
     def _search_in_slot(self, request: Request, searcher: Searcher) -> Response:

@@ -1,4 +1,8 @@
-"""torch -> ONNX for the per-modality chains, with an fp16 variant and a parity check.
+"""torch -> ONNX for per-modality chains (front-end alone, or front-end + encoder head), with a
+parity check against PyTorch.
+
+Training runs its front-ends through these graphs (`features.py`, engine `onnx`) and the
+exporter writes the model directory's graphs with them, so both see the same graph.
 
 The dynamo exporter (torch.export) is used because it keeps shape arithmetic symbolic: the
 front-ends pad short inputs by an amount computed from the input length, which the legacy
@@ -72,20 +76,6 @@ def export_chain(chain: nn.Module, modality: str, decode: dict, path: Path,
     program.save(str(path), external_data=False)
     onnx.checker.check_model(str(path))
     return path
-
-
-def convert_fp16(src: Path, dst: Path) -> Path:
-    """fp16 weights and activations inside, fp32/uint8/int64 at the inputs and outputs."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = onnx.load(str(src))
-    # Reductions and exp/log on long spectrogram axes lose too much in fp16: keep them fp32.
-    keep = ["ReduceSum", "ReduceMean", "ReduceMax", "Exp", "Log", "Softplus", "CumSum", "Sqrt",
-            "Div", "Pow", "Sigmoid", "Range", "Less", "Cast", "Einsum"]
-    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=keep,
-                                         disable_shape_infer=True)
-    onnx.save(converted, str(dst))
-    return dst
 
 
 def onnx_session(path: Path, providers: list[str] | None = None):
