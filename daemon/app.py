@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from kafka.errors import RetriableError
+
 from avindex.daemon.deadletter import DeadLetterProducer
 from avindex.daemon.encoder import EncodeError, Encoder
 from avindex.daemon.health import Health
@@ -31,6 +33,7 @@ from avindex.daemon.metrics import Metrics
 from avindex.daemon.model_dir import ModelDirError, load_model_dir
 from avindex.daemon.pipeline import Pipeline
 from avindex.daemon.ports import CompletionPolicy, TopicPartition
+from avindex.daemon.quarantine import Quarantine, StateTopic
 from avindex.daemon.retry import Aborted, Backoff, retry
 from avindex.daemon.runner import Runner
 from avindex.daemon.search import Searcher
@@ -56,6 +59,8 @@ log = logging.getLogger("avindex.daemon")
 
 EXIT_CONFIG = 2
 EXIT_STARTUP_TIMEOUT = 3
+# Kafka errors that mean "not reachable (yet)" rather than "refused"
+UNREACHABLE = (RetriableError, OSError)
 
 
 class ConfigurationError(RuntimeError):
@@ -90,7 +95,8 @@ class Daemon:
         self.completion = completion
         self.stop = threading.Event()
         self.force = threading.Event()
-        self.health = Health(stale_s=settings.http.health_stale_s)
+        self.health = Health(stale_s=settings.http.health_stale_s,
+                             max_in_flight_age_s=settings.pipeline.max_in_flight_age_s)
         self.metrics = Metrics()
         self._qdrant_client = qdrant_client
         self.probes: ProbeServer | None = None
@@ -200,10 +206,12 @@ class Daemon:
             embed_queue=s.pipeline.embed_queue,
             decode_workers=s.media.decode_workers, max_batch=s.model.max_batch,
             batch_max_wait_s=s.pipeline.batch_max_wait_ms / 1000,
-            backoff=self._backoff(), metadata_max_bytes=s.media.metadata_max_bytes)
+            backoff=self._backoff(), metadata_max_bytes=s.media.metadata_max_bytes,
+            dead_letter_failures_unready=s.kafka.dead_letter_failures_unready)
+        quarantine = self._quarantine(closers)
         source = KafkaSource(s.kafka)
         self.runner = runner = Runner(s, source, pipeline, acks, self.metrics, self.health,
-                                      self.stop, self.force)
+                                      self.stop, self.force, quarantine)
         source.connect(runner.on_revoked, runner.on_assigned, runner.on_revoke_commit)
         closers.append(source.close)  # idempotent; the runner closes it first on a normal stop
         self._until_reachable("Kafka", ",".join(s.kafka.bootstrap_servers),
@@ -222,6 +230,26 @@ class Daemon:
         if self.completion is not None:
             code = self.completion.finish(code, caught_up=runner.finished)
         return code
+
+    def _quarantine(self, closers: list[Callable[[], None]]) -> Quarantine | None:
+        """The poison quarantine, with its state topic created when missing (or None: off)."""
+        k = self.settings.kafka
+        if not k.state_topic or not k.poison_after_crashes:
+            return None
+        store = StateTopic(k)
+        closers.append(store.close)
+        try:
+            self._until_reachable("Kafka", ",".join(k.bootstrap_servers), store.ensure,
+                                  lambda exc: isinstance(exc, UNREACHABLE))
+        except (Aborted, StartupTimeoutError):
+            raise
+        except Exception as exc:  # refused (ACLs, policies): index without the quarantine
+            log.error("poison quarantine off: cannot create or check kafka.state_topic %r (%s: "
+                      "%s); create it (1 partition, cleanup.policy=compact) or set "
+                      "kafka.state_topic empty", k.state_topic, type(exc).__name__, exc)
+            return None
+        return Quarantine(store, after_crashes=k.poison_after_crashes,
+                          window=k.max_in_flight_per_partition)
 
     def _attach_search(self, client: Any, model, encoder: Encoder, collection: str) -> None:
         """POST /search answers from now on, with this model against its own collection."""

@@ -28,7 +28,7 @@ HEADER_PREFIX = "avindex."
 
 def dead_letter_headers(record: Record, *, reason: str, stage: str, message: str,
                         exception: str, now: dt.datetime | None = None,
-                        value_dropped: bool = False) -> list[tuple[str, bytes]]:
+                        value_dropped: str | None = None) -> list[tuple[str, bytes]]:
     """The original headers (ours from an earlier attempt removed) plus the error headers."""
     now = now or dt.datetime.now(dt.UTC)
     ours = {
@@ -44,7 +44,7 @@ def dead_letter_headers(record: Record, *, reason: str, stage: str, message: str
     if record.timestamp_ms is not None:
         ours["avindex.source.timestamp_ms"] = str(record.timestamp_ms)
     if value_dropped:
-        ours["avindex.value.dropped"] = "too_large_for_dead_letter_topic"
+        ours["avindex.value.dropped"] = value_dropped
     kept = [(k, v) for k, v in record.headers if not k.startswith(HEADER_PREFIX)]
     return kept + [(k, v.encode("utf-8")) for k, v in ours.items()]
 
@@ -65,8 +65,11 @@ class DeadLetterProducer:
     def send(self, record: Record, *, reason: str, stage: str, message: str,
              exception: str) -> None:
         """One attempt; raises the client's error when the broker did not take it."""
+        # A record the Kafka client could not read reaches us with neither key nor value: its
+        # dead letter carries the coordinates, and its bytes stay in the source topic.
+        unread = "unreadable_by_kafka_client" if record.key is record.value is None else None
         headers = dead_letter_headers(record, reason=reason, stage=stage, message=message,
-                                      exception=exception)
+                                      exception=exception, value_dropped=unread)
         try:
             self._send(record.key, record.value, headers)
         except MessageSizeTooLargeError:
@@ -75,10 +78,13 @@ class DeadLetterProducer:
             log.warning("dead letter for %s/%d@%d too large; dropping its value", record.topic,
                         record.partition, record.offset)
             headers = dead_letter_headers(record, reason=reason, stage=stage, message=message,
-                                          exception=exception, value_dropped=True)
+                                          exception=exception,
+                                          value_dropped="too_large_for_dead_letter_topic")
             self._send(record.key, None, headers)
 
     def _send(self, key, value, headers) -> None:
+        if key is None and value is None:  # Kafka needs one of them: an empty value then
+            value = b""
         future = self._producer.send(self.topic, key=key, value=value, headers=headers)
         future.get(timeout=self.timeout_s)
 

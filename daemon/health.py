@@ -1,8 +1,10 @@
 """What /healthz and /readyz report, gathered in one place that every part updates.
 
-Healthy (liveness): the main loop turned recently, no pipeline thread died, and the last
-inference and the last upsert worked. Ready: warmed up, Qdrant and the broker reachable, and not
-shutting down. Both answers come with the details that explain them.
+Healthy (liveness): the main loop turned recently, no pipeline thread died, the last inference
+and the last upsert worked, and no message has been stuck in a fetch, decode or inference for
+longer than allowed (messages waiting on Qdrant or on the dead-letter topic do not count: that
+is an outage, which readiness reports). Ready: warmed up, Qdrant, the broker and the dead-letter
+topic reachable, and not shutting down. Both answers come with the details that explain them.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ __all__ = ["Health"]
 class Health:
     """Thread-safe state for the probes; writers set facts, readers get verdicts."""
 
-    def __init__(self, stale_s: float = 30.0) -> None:
+    def __init__(self, stale_s: float = 30.0, max_in_flight_age_s: float = 0.0) -> None:
         self.stale_s = stale_s
+        self.max_in_flight_age_s = max_in_flight_age_s  # 0: not checked
         self._lock = threading.Lock()
         self._facts: dict[str, Any] = {
             "stage": "starting",  # starting -> model -> qdrant -> kafka -> running -> stopping
@@ -28,6 +31,9 @@ class Health:
             "broker_ok": None,
             "last_inference_ok": None,
             "last_upsert_ok": None,
+            "dead_letter_ok": None,  # False after kafka.dead_letter_failures_unready failures
+            "dead_letter_error": None,
+            "oldest_active_age_s": 0.0,  # oldest message not waiting on an outage
             "crashed": None,
         }
         self._beat = time.monotonic()
@@ -49,12 +55,15 @@ class Health:
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
         s = self.snapshot()
-        ok = (s["loop_age_s"] < self.stale_s and s["crashed"] is None
+        stuck = (self.max_in_flight_age_s > 0
+                 and s["oldest_active_age_s"] > self.max_in_flight_age_s)
+        ok = (s["loop_age_s"] < self.stale_s and s["crashed"] is None and not stuck
               and s["last_inference_ok"] is not False and s["last_upsert_ok"] is not False)
         return ok, s
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         s = self.snapshot()
         ok = (s["stage"] == "running" and s["warmed_up"] and s["qdrant_ok"] is True
-              and s["broker_ok"] is True and s["crashed"] is None)
+              and s["broker_ok"] is True and s["dead_letter_ok"] is not False
+              and s["crashed"] is None)
         return ok, s

@@ -12,9 +12,12 @@ dead-letters it and carries on.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
-import time
+import socket
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,6 +33,8 @@ RAW_PREFIXES = ("video/", "audio/")
 RAW_TYPES = ("application/octet-stream", "application/mp4", "application/ogg",
              "application/x-matroska")
 RESERVED_HEADERS = ("content-type",)
+OUR_HEADER_PREFIX = "avindex."  # dead-letter and test headers: never producer metadata
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class ItemError(Exception):
@@ -85,7 +90,10 @@ def _bad(reason: str, message: str) -> ItemError:
 def _check_metadata(metadata: Any, limit: int) -> dict[str, Any]:
     if not isinstance(metadata, dict):
         raise _bad("bad_envelope", "envelope metadata must be a JSON object")
-    size = len(json.dumps(metadata, ensure_ascii=False).encode())
+    try:
+        size = len(json.dumps(metadata, ensure_ascii=False).encode())
+    except (ValueError, RecursionError) as exc:  # nested too deep, or NaN-like oddities
+        raise _bad("bad_envelope", f"envelope metadata cannot be stored: {exc}") from exc
     if size > limit:
         raise _bad("metadata_too_large", f"metadata is {size} bytes > limit {limit}")
     return metadata
@@ -126,7 +134,7 @@ def parse_record(record: Record, metadata_max_bytes: int = 65536) -> MediaReques
     media_id = _check_id(_key_text(record), "message key (the media id)")
     metadata = {}
     for key, raw in record.headers:
-        if key.lower() not in RESERVED_HEADERS:
+        if key.lower() not in RESERVED_HEADERS and not key.lower().startswith(OUR_HEADER_PREFIX):
             metadata[key] = raw.decode("utf-8", errors="replace") if raw is not None else None
     return MediaRequest(media_id=media_id, data=value, uri=None, content_type=content_type,
                         metadata=_check_metadata(metadata, metadata_max_bytes))
@@ -136,8 +144,8 @@ def _parse_envelope(record: Record, value: bytes, content_type: str | None,
                     metadata_max_bytes: int) -> MediaRequest:
     try:
         envelope = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _bad("bad_envelope", f"envelope is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
+        raise _bad("bad_envelope", f"envelope is not valid JSON: {str(exc)[:200]}") from exc
     if not isinstance(envelope, dict):
         raise _bad("bad_envelope", "envelope must be a JSON object {id, uri, metadata}")
     media_id = _check_id(envelope.get("id"), "envelope id")
@@ -157,6 +165,13 @@ def _fail(reason: str, message: str) -> ItemError:
     return ItemError("fetch", reason, message)
 
 
+def _split(uri: str) -> urllib.parse.SplitResult:
+    try:
+        return urllib.parse.urlsplit(uri)
+    except ValueError as exc:  # "Invalid IPv6 URL" and the like
+        raise _fail("bad_uri", f"{uri[:200]!r} is not a URI: {exc}") from exc
+
+
 class _NoProxyRedirects(urllib.request.HTTPRedirectHandler):
     """Follows a redirect only to an allowed host (a redirect must not escape the allow-list)."""
 
@@ -168,8 +183,90 @@ class _NoProxyRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+class _Deadline:
+    """The total deadline of one fetch, enforced on its sockets.
+
+    Socket timeouts bound each read, not the whole: a server dripping one byte a second never
+    trips a 10 s timeout. At the deadline this shuts every socket the fetch opened (redirect
+    hops included) down, which wakes any read blocked on it; `expired` then says why it failed.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.expired = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            expired = self.expired
+        if expired:
+            _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut(sock)
+
+    def connection_class(self, base: type[http.client.HTTPConnection]) -> type:
+        """`base` whose sockets this deadline watches from the moment they connect (before a
+        TLS handshake, which could drip too)."""
+        deadline = self
+
+        class Watched(base):  # type: ignore[misc, valid-type]
+            def __init__(self, *args, **kwargs) -> None:
+                super().__init__(*args, **kwargs)
+
+                def create(address, timeout, source_address=None):
+                    sock = socket.create_connection(address, timeout, source_address)
+                    deadline.watch(sock)
+                    return sock
+
+                self._create_connection = create
+
+        return Watched
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed: nothing to wake
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _WatchedHTTP(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._class = deadline.connection_class(http.client.HTTPConnection)
+
+    def http_open(self, req):
+        return self.do_open(self._class, req)
+
+
+class _WatchedHTTPS(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._class = deadline.connection_class(http.client.HTTPSConnection)
+
+    def https_open(self, req):
+        return self.do_open(self._class, req, context=self._context)
+
+
 class Fetcher:
-    """Resolves claim-check URIs: files under allowed roots, HTTP(S) from allowed hosts."""
+    """Resolves claim-check URIs: files under allowed roots, HTTP(S) from allowed hosts.
+
+    A host listed without a port allows only its scheme's default port (80, 443); name the port
+    (`host:8080`) for any other.
+    """
 
     def __init__(self, allowed_roots: list[str], allowed_hosts: list[str], timeout_s: float,
                  max_bytes: int) -> None:
@@ -177,13 +274,10 @@ class Fetcher:
         self.hosts = {h.strip().lower() for h in allowed_hosts if h.strip()}
         self.timeout_s = timeout_s
         self.max_bytes = max_bytes
-        # No proxies from the environment: the allow-list names the hosts actually contacted.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
-                                                   _NoProxyRedirects(self))
 
     def fetch(self, uri: str) -> Path | bytes:
         """A checked local path, or the downloaded bytes."""
-        scheme = urllib.parse.urlsplit(uri).scheme.lower()
+        scheme = _split(uri).scheme.lower()
         if scheme == "file":
             return self.check_file(uri)
         if scheme in ("http", "https"):
@@ -192,7 +286,7 @@ class Fetcher:
                     "supported (use file://, http:// or https://)")
 
     def check_file(self, uri: str) -> Path:
-        parts = urllib.parse.urlsplit(uri)
+        parts = _split(uri)
         if parts.netloc not in ("", "localhost"):
             raise _fail("uri_not_allowed", f"file URI names a remote host {parts.netloc!r}")
         path = urllib.parse.unquote(parts.path)
@@ -206,8 +300,9 @@ class Fetcher:
         return real
 
     def check_http(self, uri: str) -> None:
-        parts = urllib.parse.urlsplit(uri)
-        if parts.scheme.lower() not in ("http", "https"):
+        parts = _split(uri)
+        scheme = parts.scheme.lower()
+        if scheme not in DEFAULT_PORTS:
             raise _fail("uri_not_allowed", f"redirect to a non-HTTP URI {uri!r}")
         if parts.username or parts.password:
             raise _fail("bad_uri", "credentials in URIs are not accepted")
@@ -215,33 +310,50 @@ class Fetcher:
             host, port = (parts.hostname or "").lower(), parts.port
         except ValueError as exc:
             raise _fail("bad_uri", f"bad port in {uri!r}") from exc
-        port = port or (443 if parts.scheme.lower() == "https" else 80)
-        if host not in self.hosts and f"{host}:{port}" not in self.hosts:
+        port = port or DEFAULT_PORTS[scheme]
+        bare_ok = host in self.hosts and port == DEFAULT_PORTS[scheme]
+        if not bare_ok and f"{host}:{port}" not in self.hosts:
             raise _fail("uri_not_allowed", f"host {host}:{port} is not in media.allowed_hosts")
 
     def _download(self, uri: str) -> bytes:
+        """The body, within `timeout_s` in all (connect, TLS, headers, body, redirects)."""
         self.check_http(uri)
-        deadline = time.monotonic() + self.timeout_s
-        try:
-            with self._opener.open(uri, timeout=self.timeout_s) as response:
-                length = response.headers.get("Content-Length")
-                if length and length.isdigit() and int(length) > self.max_bytes:
-                    raise _fail("too_large", f"{uri} is {length} bytes > limit {self.max_bytes}")
-                chunks, total = [], 0
-                while block := response.read(1 << 16):
-                    total += len(block)
-                    if total > self.max_bytes:
-                        raise _fail("too_large", f"{uri} is larger than {self.max_bytes} bytes")
-                    if time.monotonic() > deadline:
-                        raise _fail("unreachable", f"{uri}: download took over {self.timeout_s}s")
-                    chunks.append(block)
-                return b"".join(chunks)
-        except urllib.error.HTTPError as exc:
-            reason = "not_found" if exc.code in (404, 410) else "http_error"
-            raise _fail(reason, f"{uri}: HTTP {exc.code} {exc.reason}") from exc
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, ItemError):
-                raise exc.reason from exc
-            raise _fail("unreachable", f"{uri}: {exc.reason}") from exc
-        except OSError as exc:  # timeouts, resets and refusals while reading
-            raise _fail("unreachable", f"{uri}: {exc}") from exc
+        with _Deadline(self.timeout_s) as deadline:
+            # No proxies from the environment: the allow-list names the hosts contacted.
+            opener = urllib.request.build_opener(
+                urllib.request.ProxyHandler({}), _NoProxyRedirects(self),
+                _WatchedHTTP(deadline), _WatchedHTTPS(deadline))
+            try:
+                return self._read(opener, uri, deadline)
+            except ItemError:
+                raise
+            except urllib.error.HTTPError as exc:
+                reason = "not_found" if exc.code in (404, 410) else "http_error"
+                raise _fail(reason, f"{uri}: HTTP {exc.code} {exc.reason}") from exc
+            except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out
+                if deadline.expired:
+                    raise _fail("unreachable", f"{uri}: no complete answer within "
+                                f"{self.timeout_s}s (media.http_timeout_s)") from exc
+                cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+                if isinstance(cause, ItemError):
+                    raise cause from exc
+                raise _fail("unreachable", f"{uri}: {cause}") from exc
+
+    def _read(self, opener: urllib.request.OpenerDirector, uri: str,
+              deadline: _Deadline) -> bytes:
+        with opener.open(uri, timeout=self.timeout_s) as response:
+            length = response.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > self.max_bytes:
+                raise _fail("too_large", f"{uri} is {length} bytes > limit {self.max_bytes}")
+            chunks, total = [], 0
+            while block := response.read(1 << 16):
+                total += len(block)
+                if total > self.max_bytes:
+                    raise _fail("too_large", f"{uri} is larger than {self.max_bytes} bytes")
+                chunks.append(block)
+            if deadline.expired:  # the shut-down socket read as an early end
+                raise OSError("deadline passed")
+            if length and length.isdigit() and total != int(length):
+                raise _fail("unreachable", f"{uri}: the answer ended after {total} of {length} "
+                            "bytes")
+            return b"".join(chunks)

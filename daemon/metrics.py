@@ -65,6 +65,9 @@ class Metrics:
                                  registry=r)
         self.in_flight = Gauge(P + "in_flight_messages",
                                "Messages taken and not yet indexed or dead-lettered.", registry=r)
+        self.oldest_in_flight = Gauge(
+            P + "oldest_in_flight_seconds",
+            "Age of the oldest message taken and not yet indexed or dead-lettered.", registry=r)
         self.paused_partitions = Gauge(P + "paused_partitions",
                                        "Assigned partitions paused for back-pressure.",
                                        registry=r)

@@ -38,11 +38,20 @@ from avindex.daemon.offsets import Token
 from avindex.daemon.ports import DeadLetters, Embedder, Point, Sink
 from avindex.daemon.retry import Aborted, Backoff, retry
 
-__all__ = ["Job", "Pipeline"]
+__all__ = ["Job", "Pipeline", "Poison"]
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2  # how often blocked threads look at the abort flag
+
+
+@dataclass(frozen=True)
+class Poison:
+    """Why a message is dead-lettered without being processed (the runner decided already)."""
+
+    stage: str
+    reason: str
+    message: str
 
 
 @dataclass
@@ -51,6 +60,7 @@ class Job:
 
     record: Record
     token: Token
+    poison: Poison | None = None
     received_at: float = field(default_factory=time.monotonic)
     queued_at: float = 0.0
     request: MediaRequest | None = None
@@ -58,6 +68,7 @@ class Job:
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     uncertainty: dict[str, float] = field(default_factory=dict)
     finished: bool = False
+    parked: bool = False  # waiting out an outage (Qdrant or the dead-letter topic)
 
 
 class Pipeline:
@@ -82,18 +93,22 @@ class Pipeline:
         batch_max_wait_s: float = 0.0,
         backoff: Backoff = Backoff(),  # noqa: B008 (frozen dataclass)
         metadata_max_bytes: int = 65536,
+        dead_letter_failures_unready: int = 3,
     ) -> None:
         self.model, self.encoder, self.sink = model, encoder, sink
         self.dead_letters, self.fetcher, self.limits = dead_letters, fetcher, limits
         self.metrics, self.health, self.on_done = metrics, health, on_done
         self.max_batch, self.batch_max_wait_s = max_batch, batch_max_wait_s
         self.backoff, self.metadata_max_bytes = backoff, metadata_max_bytes
+        self.dead_letter_failures_unready = dead_letter_failures_unready
+        self._dead_letter_failures = 0  # in a row, over all threads (under _pending_lock)
         self.visual_spec, self.audio_spec = model.visual_spec(), model.audio_spec()
         # The runner keeps `pending` below its cap and submits at most one poll's worth more,
         # so put_nowait into a queue of intake_size (cap + one poll) cannot fail.
         self._intake: queue.Queue[Job] = queue.Queue(maxsize=intake_size)
         self._pending = 0
         self._pending_lock = threading.Lock()
+        self._jobs: dict[int, Job] = {}  # unfinished, oldest first (dicts keep insertion order)
         self._embed_q: queue.Queue[Job] = queue.Queue(maxsize=embed_queue)
         self._sink_q: queue.Queue[list[Job]] = queue.Queue(maxsize=1)
         self._abort = threading.Event()
@@ -114,6 +129,7 @@ class Pipeline:
     def submit(self, job: Job) -> None:
         with self._pending_lock:
             self._pending += 1
+            self._jobs[id(job)] = job
         self._intake.put_nowait(job)
 
     @property
@@ -122,6 +138,16 @@ class Pipeline:
         (the checkpoint forgets those, the pipeline still holds them)."""
         with self._pending_lock:
             return self._pending
+
+    def oldest_age(self, *, active_only: bool = False) -> float:
+        """Seconds since the oldest unfinished message was taken; with `active_only`, of the
+        oldest one not waiting out an outage (a stuck fetch, decode or inference shows here)."""
+        now = time.monotonic()
+        with self._pending_lock:
+            for job in self._jobs.values():
+                if not (active_only and job.parked):
+                    return now - job.received_at
+        return 0.0
 
     def abort(self) -> None:
         """Stop now; unfinished jobs are dropped (never acknowledged, so never committed)."""
@@ -161,6 +187,7 @@ class Pipeline:
         job.finished = True
         with self._pending_lock:
             self._pending -= 1
+            self._jobs.pop(id(job), None)
         self.on_done(job.token)
 
     def _dead_letter(self, job: Job, stage: str, reason: str, message: str,
@@ -174,9 +201,16 @@ class Pipeline:
                         "stage": stage, "reason": reason}})
 
         def on_failure(exc: BaseException, attempt: int, delay: float) -> None:
+            job.parked = True
             self.metrics.failures.labels("dead_letter", type(exc).__name__).inc()
             self.metrics.retries.labels("dead_letter").inc()
             log.warning("dead-letter write failed (%s); retry %d in %.1fs", exc, attempt + 1, delay)
+            with self._pending_lock:
+                self._dead_letter_failures += 1
+                failing = self._dead_letter_failures >= self.dead_letter_failures_unready
+            if failing:  # readiness fails until a dead letter gets through again
+                self.health.set(dead_letter_ok=False,
+                                dead_letter_error=f"{type(exc).__name__}: {exc}"[:300])
 
         try:
             retry(lambda: self.dead_letters.send(r, reason=reason, stage=stage, message=message,
@@ -185,6 +219,9 @@ class Pipeline:
                   on_failure=on_failure)
         except Aborted:
             return
+        with self._pending_lock:
+            self._dead_letter_failures = 0
+        self.health.set(dead_letter_ok=True, dead_letter_error=None)
         self.metrics.dead_lettered.labels(stage, reason).inc()
         self._finish(job)
 
@@ -202,13 +239,20 @@ class Pipeline:
                 self._put(self._embed_q, job)
 
     def _decode(self, job: Job) -> bool:
+        if job.poison is not None:
+            p = job.poison
+            self._dead_letter(job, p.stage, p.reason, p.message, "Quarantined")
+            return False
+        stage = "parse"  # where an unexpected error happened, for its dead letter
         try:
             job.request = parse_record(job.record, self.metadata_max_bytes)
             source: Any = job.request.data
             if job.request.uri is not None:
+                stage = "fetch"
                 start = time.perf_counter()
                 source = self.fetcher.fetch(job.request.uri)
                 self.metrics.fetch_seconds.observe(time.perf_counter() - start)
+            stage = "decode"
             start = time.perf_counter()
             job.decoded = decode_media(source, self.visual_spec, self.audio_spec, self.limits)
             self.metrics.decode_seconds.observe(time.perf_counter() - start)
@@ -218,8 +262,8 @@ class Pipeline:
         except MediaError as exc:
             self._dead_letter(job, "decode", exc.reason, str(exc), type(exc).__name__)
         except Exception as exc:  # an item must never take the daemon down
-            log.exception("unexpected error decoding %s", job.token)
-            self._dead_letter(job, "decode", "internal_error", repr(exc), type(exc).__name__)
+            log.exception("unexpected error in %s of %s", stage, job.token)
+            self._dead_letter(job, stage, "internal_error", repr(exc)[:1000], type(exc).__name__)
         return False
 
     # ------------------------------------------------------------------------------- encode
@@ -383,6 +427,8 @@ class Pipeline:
         """Jobs whose points Qdrant confirmed; rejected points are dead-lettered one by one."""
 
         def on_failure(exc: BaseException, attempt: int, delay: float) -> None:
+            for job in jobs:
+                job.parked = True
             reason = self.sink.failure_reason(exc)
             self.metrics.failures.labels("upsert", reason).inc()
             self.metrics.retries.labels("upsert").inc()

@@ -20,20 +20,17 @@ import threading
 import time
 from typing import Any
 
-from kafka import KafkaConsumer
-
 from avindex.daemon.app import ConfigurationError, Daemon
-from avindex.daemon.kafka_config import client_config
+from avindex.daemon.kafka_probe import TopicMissingError, end_offsets
 from avindex.daemon.offsets import OffsetTracker
 from avindex.daemon.ports import AliasedCollection, Source, TopicPartition
 from avindex.daemon.retry import Aborted, Backoff, retry
-from avindex.daemon.settings import KafkaSettings, Settings
+from avindex.daemon.settings import Settings
 from avindex.daemon.sink import is_transient
 
 __all__ = [
     "EXIT_INCOMPLETE",
     "ReindexPolicy",
-    "end_offsets",
     "reindex_daemon",
     "reindex_settings",
 ]
@@ -42,40 +39,6 @@ log = logging.getLogger("avindex.daemon.reindex")
 
 EXIT_INCOMPLETE = 1
 CHECK_INTERVAL_S = 0.5
-
-
-def end_offsets(kafka: KafkaSettings, timeout_s: float = 30.0) -> dict[TopicPartition, int]:
-    """The end offset (high watermark) of every partition of `kafka.topics`, right now.
-
-    ListOffsets(latest) is not trusted alone: Tansu answers it with the offset after the last
-    batch's *first* record. Every fetch response carries the partition's high watermark (what
-    the lag metric uses), so a group-less consumer fetches once from the listed offset and the
-    larger of the two is the end offset. Against Kafka the listed offset is the end, and that
-    fetch returns nothing but the watermark.
-    """
-    consumer = KafkaConsumer(**client_config(kafka), group_id=None, enable_auto_commit=False,
-                             max_partition_fetch_bytes=max(kafka.max_message_bytes + 65536,
-                                                           1048576))
-    try:
-        consumer.bootstrap(timeout_ms=int(timeout_s * 1000))
-        partitions = []
-        for topic in kafka.topics:
-            numbers = consumer.partitions_for_topic(topic)
-            if not numbers:
-                raise ConfigurationError(f"kafka topic {topic!r} does not exist (kafka.topics)")
-            partitions += [TopicPartition(topic, p) for p in sorted(numbers)]
-        listed = consumer.end_offsets(partitions)
-        consumer.assign(partitions)
-        for tp in partitions:
-            consumer.seek(tp, listed[tp])
-        deadline = time.monotonic() + timeout_s
-        while missing := [tp for tp in partitions if consumer.highwater(tp) is None]:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no fetch response carried the high watermark of {missing}")
-            consumer.poll(timeout_ms=200, max_records=1)  # records are discarded
-        return {tp: max(listed[tp], consumer.highwater(tp)) for tp in partitions}
-    finally:
-        consumer.close(autocommit=False)
 
 
 def reindex_settings(settings: Settings) -> Settings:
@@ -108,7 +71,10 @@ class ReindexPolicy:
 
     def prepare(self, source: Source, tracker: OffsetTracker,
                 collection: AliasedCollection) -> None:
-        self.targets = end_offsets(self.kafka, timeout_s=10.0)
+        try:
+            self.targets = end_offsets(self.kafka, timeout_s=10.0)
+        except TopicMissingError as exc:
+            raise ConfigurationError(f"{exc} (kafka.topics)") from exc
         self._source, self._tracker, self._collection = source, tracker, collection
         log.info("re-indexing into %s up to %s", collection.collection,
                  {f"{tp.topic}/{tp.partition}": o for tp, o in sorted(self.targets.items())},

@@ -7,6 +7,12 @@ Runs on one thread, the only one that touches the Kafka consumer. Each turn it
 4. polls (always, even with every partition paused, so the group keeps us), and
 5. submits what it got.
 
+A record the Kafka client cannot read makes `poll()` raise; the runner finds which record it was
+(`Source.locate_unreadable`), submits it as a poisoned job (dead-lettered with its coordinates,
+stage `consume`) and reads on after it. The poison quarantine (`quarantine.py`) finds a message
+that kills the whole process: after such a death the new owner processes one message at a time
+and dead-letters a message that killed the daemon `kafka.poison_after_crashes` times.
+
 Stopping (first SIGTERM/SIGINT): intake stops, in-flight work gets `shutdown_deadline_s` to
 finish, what is left is dropped (never committed, redelivered later), finished offsets are
 committed and the consumer leaves the group; exit code 0. A second signal skips the wait.
@@ -24,10 +30,12 @@ from collections.abc import Callable
 from kafka.errors import KafkaError
 
 from avindex.daemon.health import Health
+from avindex.daemon.messages import Record
 from avindex.daemon.metrics import Metrics
 from avindex.daemon.offsets import OffsetTracker, Token
-from avindex.daemon.pipeline import Job, Pipeline
+from avindex.daemon.pipeline import Job, Pipeline, Poison
 from avindex.daemon.ports import Source, TopicPartition
+from avindex.daemon.quarantine import CRASHED_REASON, Quarantine
 from avindex.daemon.settings import Settings
 
 __all__ = ["Runner"]
@@ -36,6 +44,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.1
 LAG_INTERVAL_S = 1.0
+POLL_RETRY_S = 1.0  # after poll() failed for a reason that is not one record
 
 
 class Runner:
@@ -43,11 +52,14 @@ class Runner:
 
     def __init__(self, settings: Settings, source: Source, pipeline: Pipeline,
                  acks: queue.SimpleQueue, metrics: Metrics, health: Health,
-                 stop: threading.Event, force: threading.Event) -> None:
+                 stop: threading.Event, force: threading.Event,
+                 quarantine: Quarantine | None = None) -> None:
         self.settings, self.source, self.pipeline = settings, source, pipeline
         self.acks, self.metrics, self.health = acks, metrics, health
         self.stop, self.force = stop, force
+        self.quarantine = quarantine
         self.tracker = OffsetTracker()
+        self._new_partitions: list[TopicPartition] = []  # assigned, not yet seen by quarantine
         self._last_commit = 0.0
         self._last_lag = 0.0
         self._saturated = False  # global in-flight cap reached; cleared at 3/4
@@ -78,27 +90,86 @@ class Runner:
         headroom = self._backpressure() if intake else 0
         if not intake:
             self.source.pause(self.source.assignment())
-        records = self.source.poll(POLL_S, max_records=max(1, headroom))
+        try:
+            records = self.source.poll(POLL_S, max_records=max(1, headroom))
+        except Exception as exc:  # one unreadable record, or the client failing: never fatal
+            records = []
+            self._poll_failed(exc, intake)
         self.health.set(broker_ok=self.source.connected())
+        self._adopt_new_partitions(records)
         if records and not intake:
             # only possible when a rebalance inside poll() assigned new partitions; they are
             # paused in on_assigned, and anything untracked is simply not committed.
             log.info("dropping %d records fetched while stopping", len(records))
             records = []
         for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            try:
-                token = self.tracker.track(tp, r.offset)
-            except ValueError:
-                # The position moved backwards (offset reset or seek): start a new checkpoint;
-                # late acks of the old one are ignored and re-read messages are processed again.
-                log.warning("%s/%d went back to offset %d; restarting its checkpoint", r.topic,
-                            r.partition, r.offset)
-                self.tracker.assign(tp)
-                token = self.tracker.track(tp, r.offset)
-            self.metrics.consumed.labels(r.topic).inc()
-            self.pipeline.submit(Job(record=r, token=token))
+            self._submit(r, self._verdict(r))
         self._gauges()
+
+    def _track(self, r: Record) -> Token:
+        tp = TopicPartition(r.topic, r.partition)
+        try:
+            return self.tracker.track(tp, r.offset)
+        except ValueError:
+            # The position moved backwards (offset reset or seek): start a new checkpoint;
+            # late acks of the old one are ignored and re-read messages are processed again.
+            log.warning("%s/%d went back to offset %d; restarting its checkpoint", r.topic,
+                        r.partition, r.offset)
+            self.tracker.assign(tp)
+            return self.tracker.track(tp, r.offset)
+
+    def _submit(self, r: Record, poison: Poison | None = None) -> None:
+        token = self._track(r)
+        self.metrics.consumed.labels(r.topic).inc()
+        self.pipeline.submit(Job(record=r, token=token, poison=poison))
+
+    def _verdict(self, r: Record) -> Poison | None:
+        """In careful mode (the quarantine), record the attempt of a message that is about to
+        run alone, or dead-letter it when it killed the daemon too often already."""
+        tp = TopicPartition(r.topic, r.partition)
+        if self.quarantine is None or not self.quarantine.is_careful(tp):
+            return None
+        self._commit(force=True)  # everything before it is done: the commit point is r
+        why = self.quarantine.admit(tp, r.offset)
+        return None if why is None else Poison("decode", CRASHED_REASON, why)
+
+    def _poll_failed(self, exc: BaseException, intake: bool) -> None:
+        """Dead-letter the record the client cannot read and read on after it; when no record
+        is to blame, count the failure and poll again after a pause."""
+        located = self.source.locate_unreadable(exc) if intake else None
+        if located is None:
+            self.metrics.failures.labels("consume", type(exc).__name__).inc()
+            log.error("polling Kafka failed (%s: %s); polling again in %.0fs",
+                      type(exc).__name__, str(exc)[:300], POLL_RETRY_S)
+            self.stop.wait(POLL_RETRY_S)
+            return
+        tp, offset = located
+        log.warning("%s/%d@%d cannot be read by the Kafka client (%s: %s); dead-lettering its "
+                    "coordinates and reading on after it", tp.topic, tp.partition, offset,
+                    type(exc).__name__, str(exc)[:300])
+        self._submit(Record(topic=tp.topic, partition=tp.partition, offset=offset, key=None,
+                            value=None),
+                     Poison("consume", "corrupt_record",
+                            f"the Kafka client cannot read this record ({type(exc).__name__}: "
+                            f"{str(exc)[:500]}); its bytes stay in the source topic"))
+        self.source.seek(tp, offset + 1)
+
+    def _adopt_new_partitions(self, records: list[Record]) -> None:
+        """Tell the quarantine where newly assigned partitions start (before their records)."""
+        if not self._new_partitions:
+            return
+        new, self._new_partitions = self._new_partitions, []
+        if self.quarantine is None:
+            return
+        assigned = self.source.assignment()
+        self.quarantine.refresh()
+        for tp in new:
+            if tp not in assigned:
+                continue
+            first = [r.offset for r in records if (r.topic, r.partition) == tp]
+            start = min(first) if first else self.source.position(tp)
+            if start is not None:
+                self.quarantine.assigned(tp, start)
 
     def _drain_acks(self) -> None:
         while True:
@@ -124,12 +195,23 @@ class Runner:
             return
         self.tracker.mark_committed(offsets)
         self.metrics.commits.inc()
+        if self.quarantine is not None:
+            for tp, point in offsets.items():
+                self.quarantine.progress(tp, point)
         log.debug("committed %s", {f"{tp.topic}/{tp.partition}": o for tp, o in offsets.items()})
 
     def _backpressure(self) -> int:
-        """Pause/resume partitions by in-flight counts; returns how many records may be taken."""
+        """Pause/resume partitions by in-flight counts; returns how many records may be taken.
+        In the quarantine's careful mode one message at a time is in flight in the daemon."""
         k = self.settings.kafka
         total = self.pipeline.pending
+        if self.quarantine is not None and self.quarantine.careful:
+            assigned = self.source.assignment()
+            if total:
+                self.source.pause(assigned - self.source.paused())
+                return 0
+            self.source.resume(self.source.paused())
+            return 1
         if total >= k.max_in_flight:
             self._saturated = True
         elif total <= k.max_in_flight * 3 // 4:
@@ -150,6 +232,8 @@ class Runner:
     def _gauges(self) -> None:
         m = self.metrics
         m.in_flight.set(self.tracker.in_flight())
+        m.oldest_in_flight.set(self.pipeline.oldest_age())
+        self.health.set(oldest_active_age_s=round(self.pipeline.oldest_age(active_only=True), 3))
         for name, depth in self.pipeline.depths().items():
             m.queue_depth.labels(name).set(depth)
         now = time.monotonic()
@@ -183,6 +267,8 @@ class Runner:
         self._drain_acks()
         offsets = self.tracker.to_commit(set(partitions))
         for tp in partitions:
+            if self.quarantine is not None:
+                self.quarantine.revoked(tp, offsets.get(tp, self.tracker.committed(tp)))
             dropped = self.tracker.revoke(tp)
             if dropped:
                 log.info("%s/%d revoked with %d messages in flight; the new owner redelivers "
@@ -205,6 +291,7 @@ class Runner:
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self.tracker.assign(tp)
+        self._new_partitions += partitions
         if self.stop.is_set():
             self.source.pause(partitions)
         log.info("partitions assigned: %s", _names(partitions))
@@ -223,6 +310,9 @@ class Runner:
         left = self.tracker.in_flight()
         self.pipeline.abort()
         self._commit(force=True)
+        if self.quarantine is not None and not self.force.is_set():
+            self.quarantine.stopped({tp: self.tracker.committed(tp)
+                                     for tp in self.source.assignment()})
         if left:
             log.warning("%s: dropped %d in-flight messages; they were not committed and will be "
                         "redelivered (items already upserted are overwritten, not duplicated)",

@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 import tomllib
 import types
 import typing
@@ -123,6 +124,16 @@ class KafkaSettings:
         5.0, "On a rebalance, wait this long for revoked partitions' work before committing.")
     dead_letter_timeout_s: float = setting(
         30.0, "One attempt to write a dead letter (acks=all); failures are retried.")
+    dead_letter_failures_unready: int = setting(
+        3, "After this many failed dead-letter writes in a row /readyz fails (the daemon keeps "
+        "retrying; one success makes it ready again).")
+    state_topic: str = setting(
+        "avindex.state", "Compacted topic (created when missing) where the poison quarantine "
+        "records, per group and partition, which message was alone in flight; empty turns the "
+        "quarantine off.")
+    poison_after_crashes: int = setting(
+        2, "A message that killed the daemon this many times while it was the only message in "
+        "flight is dead-lettered as `crashed_decoder` instead of processed again (0: off).")
 
 
 @dataclass
@@ -133,9 +144,11 @@ class MediaSettings:
         "Directories `file://` URIs may point into (after resolving symlinks and `..`). "
         "Empty: file URIs are refused."))
     allowed_hosts: list[str] = field(default_factory=list, metadata=doc(
-        "Hosts (`host` or `host:port`) that `http(s)://` URIs may name, redirects included. "
-        "Empty: HTTP URIs are refused."))
-    http_timeout_s: float = setting(10.0, "Connect/read timeout and total deadline for a fetch.")
+        "Hosts that `http(s)://` URIs may name, redirects included: `host` allows its scheme's "
+        "default port only (80, 443), `host:port` that port. Empty: HTTP URIs are refused."))
+    http_timeout_s: float = setting(
+        10.0, "Total deadline of a fetch (connect, TLS, headers, body, redirects): its sockets "
+        "are shut down when it passes, however slowly the server drips.")
     max_bytes: int = setting(268435456, "Largest media item accepted (raw or fetched).")
     max_duration_s: float = setting(600.0, "Longest media accepted.")
     max_width: int = setting(4096, "Widest video accepted.")
@@ -184,6 +197,10 @@ class PipelineSettings:
     startup_timeout_s: float = setting(
         0.0, "Give up (exit 3) when Qdrant or Kafka stays unreachable this long at start-up; "
         "0 = keep trying, answering /readyz with 503 meanwhile.")
+    max_in_flight_age_s: float = setting(
+        600.0, "/healthz fails when a message has been in flight this long without waiting on "
+        "Qdrant or the dead-letter topic (a stuck fetch, decode or inference; outages are "
+        "reported by /readyz instead). 0: not checked.")
     shutdown_deadline_s: float = setting(
         25.0, "SIGTERM/SIGINT: time to finish in-flight work before dropping it (dropped work is "
         "not committed and will be redelivered). A second signal forces exit.")
@@ -411,6 +428,18 @@ def _coerce(raw: Any, hint: Any, name: str, origin: str) -> Any:
     raise SettingsError(f"{origin}: {name} has an unsupported type {hint}")  # pragma: no cover
 
 
+TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def topic_name_problem(name: str) -> str | None:
+    """Why Kafka would refuse `name` as a topic name (None when it is legal)."""
+    if not TOPIC_NAME.match(name):
+        return "is not a Kafka topic name (1-249 of A-Z a-z 0-9 . _ -)"
+    if name in (".", ".."):
+        return "is not a Kafka topic name ('.' and '..' are reserved)"
+    return None
+
+
 def _validate(s: Settings) -> None:
     errors: list[str] = []
     if not s.model.dir:
@@ -427,8 +456,21 @@ def _validate(s: Settings) -> None:
         errors.append("qdrant.alias_policy must be if_missing, always or never")
     if not s.kafka.topics:
         errors.append("kafka.topics is empty")
+    named = [("kafka.topics", t) for t in s.kafka.topics]
+    named.append(("kafka.dead_letter_topic", s.kafka.dead_letter_topic))
+    if s.kafka.state_topic:
+        named.append(("kafka.state_topic", s.kafka.state_topic))
+    for name, topic in named:
+        if problem := topic_name_problem(topic):
+            errors.append(f"{name}: {topic!r} {problem}")
     if s.kafka.dead_letter_topic in s.kafka.topics:
         errors.append("kafka.dead_letter_topic must not be one of kafka.topics")
+    if s.kafka.state_topic and s.kafka.state_topic in (*s.kafka.topics,
+                                                       s.kafka.dead_letter_topic):
+        errors.append("kafka.state_topic must differ from kafka.topics and the dead-letter topic")
+    if s.kafka.dead_letter_failures_unready < 1 or s.kafka.poison_after_crashes < 0:
+        errors.append("need kafka.dead_letter_failures_unready >= 1 and "
+                      "kafka.poison_after_crashes >= 0")
     if s.kafka.auto_offset_reset not in ("earliest", "latest"):
         errors.append("kafka.auto_offset_reset must be earliest or latest")
     for name in ("max_in_flight", "max_in_flight_per_partition", "max_poll_records"):
@@ -438,6 +480,8 @@ def _validate(s: Settings) -> None:
         errors.append("kafka.revoke_drain_s must stay below kafka.max_poll_interval_ms")
     if s.media.decode_workers < 1 or s.pipeline.embed_queue < 1:
         errors.append("media.decode_workers and pipeline.embed_queue must be >= 1")
+    if s.pipeline.max_in_flight_age_s < 0:
+        errors.append("pipeline.max_in_flight_age_s must be >= 0 (0: not checked)")
     if s.pipeline.retry_initial_s <= 0 or s.pipeline.retry_max_s < s.pipeline.retry_initial_s:
         errors.append("need 0 < pipeline.retry_initial_s <= pipeline.retry_max_s")
     for name in ("max_upload_bytes", "search_concurrency", "max_top_k", "media_concurrency"):

@@ -12,6 +12,7 @@ asynchronous commit of them on the IO loop before the partitions are handed over
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 
 from kafka import KafkaConsumer, TopicPartition
@@ -24,7 +25,7 @@ from avindex.daemon.messages import Record
 from avindex.daemon.ports import AssignHook, CommitOutcome, RevokeHook
 from avindex.daemon.settings import KafkaSettings
 
-__all__ = ["KafkaSource", "release_parked_records"]
+__all__ = ["KafkaSource", "drop_failed_records", "release_parked_records"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,32 @@ def release_parked_records(consumer: KafkaConsumer) -> None:
     current = getattr(fetcher, "_next_partition_records", None)
     if current is not None and not current and hasattr(fetcher, "_paused_partition_records"):
         fetcher._next_partition_records = None
+
+
+def drop_failed_records(consumer: KafkaConsumer) -> None:
+    """Work around a kafka-python 3.0.x hang after `poll()` raised on an unreadable record.
+
+    The fetcher keeps the records it was reading when the record parser raised. Their iterator
+    is dead, yet they stay "next in line" while the partition's position equals their next
+    offset, and every later `poll()` then loops for ever taking nothing from them (a busy loop
+    inside `poll()`, found by tests/daemon/test_daemon_hardening.py). Dropping them, and the
+    error kafka-python stashed to raise again, makes the next poll fetch afresh. A client
+    without these internals is left alone.
+    """
+    fetcher = getattr(consumer, "_fetcher", None)
+    records = getattr(fetcher, "_next_partition_records", None)
+    if records is not None and hasattr(records, "drain"):
+        records.drain()
+        fetcher._next_partition_records = None
+    if getattr(fetcher, "_next_in_line_exception_metadata", None) is not None:
+        fetcher._next_in_line_exception_metadata = None
+
+
+def _inline_partition(consumer: KafkaConsumer) -> TopicPartition | None:
+    """The partition whose records kafka-python was reading when it raised (an internal of
+    kafka-python 3, used only to try that partition first; None when not available)."""
+    records = getattr(getattr(consumer, "_fetcher", None), "_next_partition_records", None)
+    return getattr(records, "topic_partition", None)
 
 
 def _offset_meta(offsets: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
@@ -138,6 +165,50 @@ class KafkaSource:
         partitions = list(partitions)
         if partitions:
             self.consumer.resume(*partitions)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Read `tp` from `offset` on (the next poll re-fetches from there)."""
+        self.consumer.seek(tp, offset)
+
+    def locate_unreadable(self, exc: BaseException, timeout_s: float = 2.0
+                          ) -> tuple[TopicPartition, int] | None:
+        """The partition and offset of the record that made `poll()` raise `exc`, or None
+        when no partition reproduces it (then it was not a record's fault).
+
+        kafka-python raises from `poll()` without saying which record it could not read (a
+        header key that is not UTF-8, a failed CRC, a malformed batch). When it raises, the
+        unreadable record is the next one of its partition, so each assigned partition with
+        unread data is polled alone from its position, once, until one raises; everything is
+        put back as it was (pause state, positions) except that nothing is consumed.
+        """
+        c = self.consumer
+        assigned, paused = set(c.assignment()), set(c.paused())
+        positions = {tp: c.position(tp) for tp in assigned - paused}
+        first = _inline_partition(c)
+        candidates = sorted((tp for tp, pos in positions.items()
+                             if c.highwater(tp) is None or c.highwater(tp) > pos),
+                            key=lambda tp: (tp != first, tp))
+        drop_failed_records(c)
+        try:
+            for tp in candidates:
+                c.pause(*(assigned - {tp}))
+                c.resume(tp)
+                c.seek(tp, positions[tp])
+                deadline = time.monotonic() + timeout_s
+                try:
+                    while time.monotonic() < deadline and not c.poll(timeout_ms=100,
+                                                                     max_records=1):
+                        pass
+                except Exception:  # reproduced: this partition's next record is unreadable
+                    return tp, positions[tp]
+                finally:
+                    c.seek(tp, positions[tp])  # whatever was polled is read again later
+            log.warning("poll() failed (%s: %s) but no partition reproduces it alone",
+                        type(exc).__name__, exc)
+            return None
+        finally:
+            c.pause(*(assigned & paused))
+            c.resume(*(assigned - paused))
 
     def commit(self, offsets: dict[TopicPartition, int], timeout_s: float = 10.0) -> None:
         """Synchronous commit of "everything below offset is done" per partition."""

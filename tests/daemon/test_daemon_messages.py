@@ -152,9 +152,14 @@ def test_http_uris_only_from_allowed_hosts(http_server, monkeypatch):
     }
     for uri, expected in cases.items():
         assert reason(lambda u=uri: f.fetch(u)) == ("fetch", expected), uri
-    g = Fetcher([], ["127.0.0.1"], timeout_s=2, max_bytes=10_000)  # host without port: any
+    # A host listed without a port allows its scheme's default port only: a bare name must not
+    # open every service on that host (an SSRF to its admin ports).
+    g = Fetcher([], ["127.0.0.1"], timeout_s=2, max_bytes=10_000)
     assert reason(lambda: g.fetch(f"http://127.0.0.1:{closed}/clip.mp4")) == (
-        "fetch", "unreachable")
+        "fetch", "uri_not_allowed")
+    assert reason(lambda: g.fetch("http://127.0.0.1/clip.mp4")) == ("fetch", "unreachable")
+    assert reason(lambda: g.fetch("https://127.0.0.1:80/clip.mp4")) == (
+        "fetch", "uri_not_allowed")  # 80 is not https's default
 
 
 def test_dead_letter_headers_keep_the_original_and_say_what_happened():

@@ -23,8 +23,9 @@ from daemon_helpers import build_model_dir
 from qdrant_client import QdrantClient, models
 
 from avindex.daemon.app import EXIT_CONFIG
+from avindex.daemon.kafka_probe import end_offsets
 from avindex.daemon.model_dir import load_model_dir
-from avindex.daemon.reindex import EXIT_INCOMPLETE, end_offsets, reindex_daemon
+from avindex.daemon.reindex import EXIT_INCOMPLETE, reindex_daemon
 from avindex.daemon.sink import QdrantSink
 
 
