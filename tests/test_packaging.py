@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("daemon", "training", "exporters", "tools")
+PACKAGES = ("daemon", "training", "exporters", "tools", "client")
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +23,14 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
     return zipfile.ZipFile(path)
 
 
-def test_the_wheel_holds_the_four_packages_and_their_data_only(wheel):
+def test_the_wheel_holds_the_five_packages_and_their_data_only(wheel):
     names = wheel.namelist()
     info = [n for n in names if ".dist-info/" in n]
     code = [n for n in names if n not in info]
     assert code and all(n.startswith("avindex/") for n in code), code
     assert {n.split("/")[1] for n in code} == set(PACKAGES)
     assert not any("/tests/" in n or "/bench/" in n or "__pycache__" in n for n in names)
-    # every source module of the four folders is there, nothing else in Python form
+    # every source module of the five folders is there, nothing else in Python form
     sources = {f"avindex/{p.relative_to(ROOT)}" for pkg in PACKAGES
                for p in (ROOT / pkg).rglob("*.py")}
     assert {n for n in code if n.endswith(".py")} == sources

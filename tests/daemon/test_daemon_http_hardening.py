@@ -16,6 +16,7 @@ import time
 
 import pytest
 from daemon_harness import DaemonThread, produce, settings_for, wait_for
+from search_helpers import read_all
 
 from avindex.daemon.sink import point_id
 
@@ -61,16 +62,6 @@ def id_search(media_id: str) -> tuple[bytes, bytes]:
             b"Content-Type: multipart/form-data; boundary=b\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
     return head, body
-
-
-def read_all(sock: socket.socket) -> bytes:
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
-    return data
 
 
 def request(port: int, raw: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
