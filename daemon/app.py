@@ -1,8 +1,8 @@
 """The daemon's wiring: build every part once, in order, and run until a stop is requested.
 
-Order: settings -> logging -> probes (alive, not ready) -> model directory -> ONNX sessions ->
-warm-up at the largest batch -> Qdrant (collection, alias) -> dead-letter producer -> Kafka
-consumer -> pipeline threads -> main loop. Configuration errors (bad settings, a refused model
+Order: settings -> logging -> HTTP API and probes (alive, not ready) -> model directory -> ONNX
+sessions -> warm-up at the largest batch -> Qdrant (collection, alias) -> dead-letter producer ->
+Kafka consumer -> pipeline threads -> main loop. Configuration errors (bad settings, a refused model
 directory, a collection that does not fit the model) end the process with exit code 2 and a
 message that names the problem. Unreachable Qdrant or Kafka at start-up is not a configuration
 error: the daemon keeps trying with back-off, says so in the log and answers /readyz with 503.
@@ -25,8 +25,8 @@ from kafka.errors import RetriableError
 from avindex.daemon.deadletter import DeadLetterProducer
 from avindex.daemon.encoder import EncodeError, Encoder
 from avindex.daemon.health import Health
-from avindex.daemon.http.api import HttpApi
-from avindex.daemon.http.server import ProbeServer
+from avindex.daemon.http.app import Api
+from avindex.daemon.http.server import HttpServer, start_api
 from avindex.daemon.media import DecodeLimits
 from avindex.daemon.messages import Fetcher
 from avindex.daemon.metrics import Metrics
@@ -53,6 +53,7 @@ __all__ = [
     "ConfigurationError",
     "Daemon",
     "decode_limits",
+    "searcher_for",
 ]
 
 log = logging.getLogger("avindex.daemon")
@@ -81,6 +82,16 @@ def decode_limits(media: MediaSettings, *, max_bytes: int,
                         max_decoded_frames=media.max_decoded_frames, allowed_codecs=codecs)
 
 
+def searcher_for(settings: Settings, client: Any, model, encoder: Encoder,
+                 collection: str) -> Searcher:
+    """A Searcher under the settings' limits: queries decode like media (size cap:
+    `http.max_upload_bytes`), with `png` and `mjpeg` added for still images."""
+    limits = decode_limits(settings.media, max_bytes=settings.http.max_upload_bytes,
+                           extra_codecs=frozenset({"png", "mjpeg"}))
+    return Searcher(client, model, encoder, collection, limits=limits,
+                    max_top_k=settings.http.max_top_k)
+
+
 class Daemon:
     """One indexing daemon. `run()` blocks; `request_stop()` is what a signal does.
 
@@ -99,8 +110,8 @@ class Daemon:
                              max_in_flight_age_s=settings.pipeline.max_in_flight_age_s)
         self.metrics = Metrics()
         self._qdrant_client = qdrant_client
-        self.probes: ProbeServer | None = None
-        self.api: HttpApi | None = None
+        self.http: HttpServer | None = None
+        self.api: Api | None = None
         self.runner: Runner | None = None
         self.sink: QdrantSink | None = None
         self.started = threading.Event()  # the main loop is about to run (tests wait on it)
@@ -113,7 +124,11 @@ class Daemon:
 
     @property
     def http_port(self) -> int | None:
-        return self.probes.port if self.probes else None
+        return self.http.ports[0] if self.http else None
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.http.ports[-1] if self.http else None
 
     def assignment(self) -> set[TopicPartition]:
         """The partitions this daemon's consumer holds now (empty before it joined)."""
@@ -123,13 +138,7 @@ class Daemon:
     def run(self) -> int:
         s = self.settings
         if s.http.enabled:
-            self.api = HttpApi(s, self.metrics)
-            self.probes = ProbeServer(s.http.host, s.http.port, self.health, self.metrics,
-                                      routes=self.api, request_timeout_s=s.http.request_timeout_s)
-            self.probes.start()
-            log.info("http on http://%s:%d (/metrics /healthz /readyz /search /openapi.json /)",
-                     s.http.host, self.probes.port,
-                     extra={"fields": {"http_port": self.probes.port}})
+            self.api, self.http = start_api(s, self.health, self.metrics)
         closers: list[Callable[[], None]] = []
         try:
             return self._run(closers)
@@ -146,8 +155,10 @@ class Daemon:
         finally:
             for close in reversed(closers):
                 close()
-            if self.probes is not None:
-                self.probes.stop()
+            if self.http is not None:
+                self.http.stop()
+            if self.api is not None:
+                self.api.service.close()
 
     def _run(self, closers: list[Callable[[], None]]) -> int:
         s = self.settings
@@ -252,14 +263,11 @@ class Daemon:
                           window=k.max_in_flight_per_partition)
 
     def _attach_search(self, client: Any, model, encoder: Encoder, collection: str) -> None:
-        """POST /search answers from now on, with this model against its own collection."""
+        """Searches are answered from now on, with this model against its own collection."""
         if self.api is None:
             return
-        limits = decode_limits(self.settings.media, max_bytes=self.settings.http.max_upload_bytes,
-                               extra_codecs=frozenset({"png", "mjpeg"}))
         try:
-            self.api.attach(Searcher(client, model, encoder, collection, limits=limits,
-                                     max_top_k=self.settings.http.max_top_k))
+            self.api.attach(searcher_for(self.settings, client, model, encoder, collection))
         except Exception as exc:  # search is a service on the side: indexing goes on
             log.error("search disabled: %s: %s", type(exc).__name__, exc)
 

@@ -19,9 +19,11 @@ __all__ = ["Health"]
 class Health:
     """Thread-safe state for the probes; writers set facts, readers get verdicts."""
 
-    def __init__(self, stale_s: float = 30.0, max_in_flight_age_s: float = 0.0) -> None:
+    def __init__(self, stale_s: float = 30.0, max_in_flight_age_s: float = 0.0, *,
+                 needs_broker: bool = True) -> None:
         self.stale_s = stale_s
         self.max_in_flight_age_s = max_in_flight_age_s  # 0: not checked
+        self.needs_broker = needs_broker  # `avindex serve` has no Kafka consumer
         self._lock = threading.Lock()
         self._facts: dict[str, Any] = {
             "stage": "starting",  # starting -> model -> qdrant -> kafka -> running -> stopping
@@ -64,6 +66,6 @@ class Health:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         s = self.snapshot()
         ok = (s["stage"] == "running" and s["warmed_up"] and s["qdrant_ok"] is True
-              and s["broker_ok"] is True and s["dead_letter_ok"] is not False
-              and s["crashed"] is None)
+              and (s["broker_ok"] is True or not self.needs_broker)
+              and s["dead_letter_ok"] is not False and s["crashed"] is None)
         return ok, s

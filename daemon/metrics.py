@@ -81,11 +81,14 @@ class Metrics:
                                   registry=r)
         # -- search (HTTP)
         self.searches = Counter(P + "search_requests",
-                                "POST /search answers by HTTP status and error code.",
-                                ["status", "code"], registry=r)
+                                "Search answers (POST /v1/search, /search, /v1/search/batch) by "
+                                "HTTP status and error code.", ["status", "code"], registry=r)
         self.search_seconds = Histogram(P + "search_duration_seconds",
-                                        "POST /search, from the request to the answer.",
+                                        "A search request, from arrival to the answer.",
                                         buckets=SEARCH, registry=r)
+        self.http_responses = Counter(P + "http_responses",
+                                      "HTTP answers by route, status and error code.",
+                                      ["route", "status", "code"], registry=r)
         # -- identity and state
         self.model = Info(P + "model", "The model directory being served.", registry=r)
         self.provider = Gauge(P + "execution_provider",

@@ -209,6 +209,8 @@ class Quarantine:
             window.stored = None
             return (f"the daemon died {attempts} times while this message was the only one in "
                     f"flight (kafka.poison_after_crashes={self.after_crashes})")
+        log.info("%s/%d@%d runs alone in flight (attempt %d)", tp.topic, tp.partition, offset,
+                 attempts + 1)
         self._write(tp, PartitionState(offset, attempts + 1, clean=False), wait=True)
         return None
 

@@ -102,9 +102,25 @@ class Runner:
             # paused in on_assigned, and anything untracked is simply not committed.
             log.info("dropping %d records fetched while stopping", len(records))
             records = []
+        records = self._one_at_a_time(records)
         for r in records:
             self._submit(r, self._verdict(r))
         self._gauges()
+
+    def _one_at_a_time(self, records: list[Record]) -> list[Record]:
+        """In careful mode at most one message is in flight: records beyond that (fetched by
+        the poll that brought a new assignment, before careful mode was known) are put back:
+        their partitions are read again from the first one not taken."""
+        if self.quarantine is None or not self.quarantine.careful or not records:
+            return records
+        keep = records[:1] if self.pipeline.pending == 0 else []
+        put_back: dict[TopicPartition, int] = {}
+        for r in records[len(keep):]:
+            tp = TopicPartition(r.topic, r.partition)
+            put_back[tp] = min(r.offset, put_back.get(tp, r.offset))
+        for tp, offset in put_back.items():
+            self.source.seek(tp, offset)
+        return keep
 
     def _track(self, r: Record) -> Token:
         tp = TopicPartition(r.topic, r.partition)

@@ -119,11 +119,13 @@ def collection_version(client: Any, name: str) -> tuple[str, str | None]:
 
 @dataclass(frozen=True)
 class Options:
-    """What every query takes besides its input."""
+    """What every query takes besides its input: a page of the ranking (`offset`, `limit`),
+    a Qdrant payload filter, and which payload to return (True, False or a list of keys)."""
 
-    top_k: int = 10
-    filters: tuple[str, ...] = ()
-    fields: tuple[str, ...] | None = None  # payload keys to return; None: all
+    limit: int = 10
+    offset: int = 0
+    filter: models.Filter | None = None
+    with_payload: bool | tuple[str, ...] = True
 
 
 class Searcher:
@@ -185,16 +187,22 @@ class Searcher:
 
     def _answer(self, query: dict, vector: list[float], target: str, options: Options,
                 started: float) -> dict[str, Any]:
-        if not 1 <= options.top_k <= self.max_top_k:
-            raise SearchError(400, "bad_request", f"top_k must be 1..{self.max_top_k}")
+        if not 1 <= options.limit <= self.max_top_k:
+            raise SearchError(400, "bad_request", f"limit (top_k) must be 1..{self.max_top_k}")
+        if options.offset < 0:
+            raise SearchError(400, "bad_request", "offset must be >= 0")
+        keys = options.with_payload
         found = self.client.query_points(
-            self.collection, query=vector, using=target, limit=options.top_k,
-            query_filter=parse_filters(options.filters),
-            with_payload=(sorted({*options.fields, "media_id"}) if options.fields is not None
-                          else True))
-        results = [{"rank": rank, "score": round(float(p.score), 6), "id": str(p.id),
-                    "media_id": (p.payload or {}).get("media_id"), "payload": p.payload or {}}
-                   for rank, p in enumerate(found.points, 1)]
+            self.collection, query=vector, using=target, limit=options.limit,
+            offset=options.offset or None, query_filter=options.filter,
+            # media_id always comes back: it names the hit even without a payload
+            with_payload=True if keys is True else sorted({*(keys or ()), "media_id"}))
+        results = []
+        for rank, p in enumerate(found.points, options.offset + 1):
+            payload = p.payload or {}
+            shown = {} if keys is False else payload
+            results.append({"rank": rank, "score": round(float(p.score), 6), "id": str(p.id),
+                            "media_id": payload.get("media_id"), "payload": shown})
         return {"query": query, "collection": self.collection,
                 "model_version": self.model_version, "results": results,
                 "took_ms": round(1000 * (time.perf_counter() - started), 1)}
@@ -212,3 +220,4 @@ class Searcher:
         if not str(uri).startswith("file:"):
             raise SearchError(404, "not_found", f"point {pid!r} is not a local file")
         return check_file(uri)
+

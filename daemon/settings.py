@@ -208,30 +208,55 @@ class PipelineSettings:
 
 @dataclass
 class HttpSettings:
-    """The HTTP server: probes, metrics, POST /search, the web page."""
+    """The HTTP API: probes, metrics, search, media and the web page (docs/search-api.md)."""
 
     enabled: bool = setting(
-        True, "Serve /metrics, /healthz, /readyz, POST /search, /openapi.json and the web page.")
-    host: str = setting("0.0.0.0", "Listen address (all interfaces, so probes can reach it).")
+        True, "Serve the HTTP API: /healthz, /readyz, /metrics, /v1/search, /openapi.json, the "
+        "web page and /media.")
+    host: str = setting(
+        "", "Listen address. Empty: `127.0.0.1` while no API key is set (said at start-up), "
+        "all interfaces (`0.0.0.0`) once one is. Set it (e.g. `0.0.0.0` in containers) to "
+        "listen elsewhere; without keys the API is then open to whoever reaches it.")
     port: int = setting(8080, "Listen port (0 = any free port, logged at start-up).")
+    metrics_port: int | None = setting(
+        None, "Serve /healthz, /readyz and /metrics on this port (same host, never behind a "
+        "key) instead of `http.port`.")
+    api_keys: list[str] = field(default_factory=list, metadata={
+        "doc": "API keys (16+ characters, comma-separated in the environment). Set: search, "
+        "/info and /media need `Authorization: Bearer KEY` or `api-key: KEY`; 401 otherwise. "
+        "Probes, /metrics, /openapi.json and the page itself stay open.", "secret": True})
+    api_keys_file: str | None = setting(
+        None, "File with more API keys, one a line (`#` comments); Kubernetes secrets.")
+    allowed_hosts: list[str] = field(default_factory=list, metadata=doc(
+        "`Host` header values accepted (`name`, `name:port` or `*.domain`); others get 400 "
+        "`bad_host`. Empty: any. Probes accept any Host (the kubelet sends the pod IP)."))
     health_stale_s: float = setting(
         30.0, "/healthz fails when the main loop has not turned for this long.")
     max_upload_bytes: int = setting(
-        33554432, "Largest POST /search body (the query media plus the form); larger uploads "
-        "get 413 before anything is read.")
+        33554432, "Largest query media: a multipart body (media plus the form), or the media "
+        "inside a JSON body (whose own cap is 4/3 of this plus 64 KiB, for base64). Refused "
+        "with 413 before anything is read when Content-Length says more.")
+    request_timeout_s: float = setting(
+        30.0, "Total time to receive a request: its headers, then its whole body (408 "
+        "`timeout`), however steadily a slow client sends.")
+    upload_concurrency: int = setting(
+        8, "Request bodies received at once (search and batch); more get 503 `overloaded`. "
+        "Bounds the memory held by uploads in flight.")
     search_concurrency: int = setting(
-        2, "Searches decoded and embedded at once (in HTTP threads, not the indexing loop); "
-        "more get 503 `overloaded`.")
-    max_top_k: int = setting(1000, "Largest `top_k` a search may ask for.")
+        2, "Searches decoded, embedded and queried at once, in a worker pool of this size "
+        "(never the indexing loop), taken after the body arrived; more get 503 `overloaded`.")
+    max_connections: int = setting(
+        256, "Open connections; requests beyond get 503 (uvicorn's `limit_concurrency`). "
+        "Connections cost no thread.")
+    max_top_k: int = setting(1000, "Largest `limit` (`top_k`) a search may ask for.")
+    max_offset: int = setting(10000, "Largest `offset` a search may ask for (pagination).")
+    max_batch: int = setting(16, "Most searches in one POST /v1/search/batch.")
     web_enabled: bool = setting(
-        True, "Serve the search page at `/` and indexed media at `/media/<point id>` (only "
+        True, "Serve the search page at `/` and indexed media at `/v1/media/<point id>` (only "
         "`file://` URIs inside media.allowed_roots).")
     media_concurrency: int = setting(
         16, "Media downloads served at once (a results page plays up to top_k files); more get "
         "503.")
-    request_timeout_s: float = setting(
-        30.0, "Socket timeout while reading a request or writing a response (slow clients are "
-        "cut off).")
 
 
 @dataclass
@@ -273,7 +298,7 @@ class Settings:
             values = {}
             for f in dataclasses.fields(section):
                 value = getattr(section, f.name)
-                if f.metadata.get("secret") and value is not None:
+                if f.metadata.get("secret") and value not in (None, []):
                     value = MASK
                 values[f.name] = value
             out[name] = values
@@ -367,15 +392,24 @@ def _apply_environ(settings: Settings, environ: Mapping[str, str]) -> list[str]:
 
 
 def _read_secret_files(settings: Settings) -> None:
-    """`*_file` settings fill their secret when it is not given directly."""
+    """`*_file` settings fill their secret when it is not given directly; API keys files add
+    their keys (one a line) to `http.api_keys`."""
     pairs = [(settings.qdrant, "api_key"), (settings.kafka, "sasl_password")]
     for section, name in pairs:
         path = getattr(section, f"{name}_file")
         if path and getattr(section, name) is None:
-            try:
-                setattr(section, name, Path(path).read_text(encoding="utf-8").strip())
-            except OSError as exc:
-                raise SettingsError(f"cannot read {name}_file {path}: {exc.strerror}") from exc
+            setattr(section, name, _read_secret(path, f"{name}_file").strip())
+    if settings.http.api_keys_file:
+        lines = _read_secret(settings.http.api_keys_file, "http.api_keys_file").splitlines()
+        keys = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        settings.http.api_keys = [*settings.http.api_keys, *keys]
+
+
+def _read_secret(path: str, name: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"cannot read {name} {path}: {exc.strerror}") from exc
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -484,9 +518,16 @@ def _validate(s: Settings) -> None:
         errors.append("pipeline.max_in_flight_age_s must be >= 0 (0: not checked)")
     if s.pipeline.retry_initial_s <= 0 or s.pipeline.retry_max_s < s.pipeline.retry_initial_s:
         errors.append("need 0 < pipeline.retry_initial_s <= pipeline.retry_max_s")
-    for name in ("max_upload_bytes", "search_concurrency", "max_top_k", "media_concurrency"):
+    for name in ("max_upload_bytes", "search_concurrency", "max_top_k", "media_concurrency",
+                 "upload_concurrency", "max_connections", "max_batch"):
         if getattr(s.http, name) < 1:
             errors.append(f"http.{name} must be >= 1")
+    if s.http.max_offset < 0 or s.http.request_timeout_s <= 0:
+        errors.append("http.max_offset must be >= 0 and http.request_timeout_s > 0")
+    if any(len(k) < 16 or not k.isprintable() or " " in k for k in s.http.api_keys):
+        errors.append("http.api_keys: each key needs 16 or more printable characters, no spaces")
+    if s.http.metrics_port is not None and s.http.metrics_port == s.http.port != 0:
+        errors.append("http.metrics_port must differ from http.port")
     if s.log.format not in ("json", "text"):
         errors.append("log.format must be json or text")
     if errors:

@@ -1,6 +1,6 @@
 """`avindex demo` end to end on the tiny default model: its own Tansu broker, Qdrant local
 storage and daemon; the MAP it prints equals the MAP of the same clips embedded here; the web
-page and POST /search answer while it serves; SIGINT stops every child cleanly."""
+page and the search API answer while it serves; SIGINT stops every child cleanly."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from avindex.client import SearchClient
 from avindex.daemon.encoder import Encoder
 from avindex.daemon.media import decode_media
 from avindex.daemon.model_dir import load_model_dir
 from avindex.tools.demo.queries import QUERY_DIGITS
-from avindex.tools.search import post_search
 from avindex.training.metrics import average_precision
 
 
@@ -102,9 +102,9 @@ def test_demo_streams_indexes_queries_serves_and_stops_on_ctrl_c(tiny_default, t
         assert float(printed.group(3)) == pytest.approx(expected["V->A"], abs=1.5e-3)
         assert re.search(r"set-up finished in \d+s", output)
         # serving: the page and the API answer for the user's own queries
-        status, answer = post_search(url, file=Path(queries[0]["path"]), kind="video",
-                                     by="audio", top_k=3)
-        assert status == 200 and len(answer["results"]) == 3
+        with SearchClient(url) as client:
+            found = client.search_video(Path(queries[0]["path"]), by="audio", limit=3)
+        assert len(found.hits) == 3
         with urllib.request.urlopen(url + "/", timeout=10) as r:
             assert b"Sound &rarr; videos" in r.read()
         proc.send_signal(signal.SIGINT)

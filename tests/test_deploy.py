@@ -338,7 +338,8 @@ def test_rendered_manifests_validate(rendered, target):
         assert checked == {
             ("ServiceAccount", "core"), ("ConfigMap", "core"), ("Deployment", "core"),
             ("Service", "core"), ("PodDisruptionBudget", "core"), ("NetworkPolicy", "core"),
-            ("ServiceMonitor", "crd"), ("ScaledObject", "crd"), ("TriggerAuthentication", "crd")}
+            ("HorizontalPodAutoscaler", "core"), ("ServiceMonitor", "crd"),
+            ("ScaledObject", "crd"), ("TriggerAuthentication", "crd")}
 
 
 def test_validation_rejects_misspelt_fields(rendered):
@@ -346,7 +347,7 @@ def test_validation_rejects_misspelt_fields(rendered):
     from kubernetes_validate.utils import ValidationError
 
     docs = rendered["overlays/gpu"]
-    deployment = copy.deepcopy(one(docs, "Deployment"))
+    deployment = copy.deepcopy(one(docs, "Deployment", "avindex"))
     deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbes"] = {}
     with pytest.raises(ValidationError):
         validate_manifest(deployment)
@@ -384,11 +385,14 @@ def test_deployment_contract(rendered, variant):
     settings = valid_settings({k: v for k, v in environ.items() if k.startswith("AVINDEX_")})
     assert environ["ORT_DISABLE_TELEMETRY"] == "1"
 
-    # Probes on the daemon's real paths and port.
+    # Probes on the daemon's real paths and port (open, apart from the API port), the API on
+    # the pod IP (explicit http.host) behind keys from a Secret.
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["http"] == settings.http.port
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert ports["metrics"] == settings.http.metrics_port
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert settings.http.host == "0.0.0.0" and settings.http.api_keys_file
     liveness = container["livenessProbe"]
     assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 300  # rides out outages
 
@@ -419,6 +423,7 @@ def test_deployment_contract(rendered, variant):
     assert secret_file(settings.kafka.sasl_password_file) == ("avindex-kafka", "password")
     assert secret_file(settings.kafka.ssl_cafile) == ("avindex-kafka", "ca.crt")
     assert secret_file(settings.qdrant.api_key_file) == ("avindex-qdrant", "api-key")
+    assert secret_file(settings.http.api_keys_file) == ("avindex-api-keys", "keys")
     username = next(e for e in container["env"] if e["name"] == "AVINDEX_KAFKA_SASL_USERNAME")
     assert username["valueFrom"]["secretKeyRef"] == {"name": "avindex-kafka", "key": "username"}
     assert settings.kafka.security_protocol == "SASL_SSL"
@@ -443,20 +448,86 @@ def test_service_monitor_pdb_and_network_policy_select_the_daemon(rendered, vari
     pod = one(docs, "Deployment", "avindex")["spec"]["template"]
     labels = pod["metadata"]["labels"]
     container_ports = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
-    service = one(docs, "Service")
-    assert matches(service["spec"]["selector"], labels)
-    service_ports = {p["name"]: p for p in service["spec"]["ports"]}
-    assert service_ports["http"]["targetPort"] in container_ports
-    monitor = one(docs, "ServiceMonitor")
-    assert matches(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
-    assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [("http", "/metrics")]
+    metrics = one(docs, "Service", "avindex-metrics")
+    api = one(docs, "Service", "avindex")
+    for service, port in ((metrics, "metrics"), (api, "http")):
+        assert matches(service["spec"]["selector"], labels)
+        assert [p["targetPort"] for p in service["spec"]["ports"]] == [port]
+        assert port in container_ports
+    monitor = one(docs, "ServiceMonitor", "avindex")
+    assert matches(monitor["spec"]["selector"]["matchLabels"], metrics["metadata"]["labels"])
+    assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [
+        ("metrics", "/metrics")]
     pdb = one(docs, "PodDisruptionBudget")
     assert matches(pdb["spec"]["selector"]["matchLabels"], labels)
-    policy = one(docs, "NetworkPolicy")
+    policy = one(docs, "NetworkPolicy", "avindex")
     assert matches(policy["spec"]["podSelector"]["matchLabels"], labels)
     assert {"Ingress", "Egress"} == set(policy["spec"]["policyTypes"])
-    ingress_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-    assert ingress_ports == {"http"}
+    assert ingress_by_port(policy) == EXPECTED_INGRESS
+
+
+# Who may reach which port: the API (keys) from labelled namespaces, metrics from monitoring.
+EXPECTED_INGRESS = {"http": [{"avindex.io/search-client": "true"}],
+                    "metrics": [{"kubernetes.io/metadata.name": "monitoring"}]}
+
+
+def ingress_by_port(policy: dict) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for rule in policy["spec"]["ingress"]:
+        for port in rule["ports"]:
+            out.setdefault(port["port"], []).extend(
+                source["namespaceSelector"]["matchLabels"] for source in rule["from"])
+    return out
+
+
+@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+def test_search_service_deployment_hpa_and_network_policy(rendered, variant):
+    """`avindex serve` on CPU pods, scaled by an HPA, reachable like the daemons: the API port
+    from labelled namespaces (with a key), metrics from monitoring, probes on the open port."""
+    from avindex.tools.cli import build_parser
+
+    docs = rendered[f"overlays/{variant}"]
+    deployment = one(docs, "Deployment", "avindex-search")
+    assert "replicas" not in deployment["spec"]  # the HPA owns the count
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    parsed = build_parser(container["args"][0]).parse_args(container["args"])
+    assert parsed.command == "serve"
+    environ = pod_environment(docs, pod["spec"])
+    settings = valid_settings({k: v for k, v in environ.items() if k.startswith("AVINDEX_")})
+    assert settings.model.device == "cpu" and "nvidia.com/gpu" not in str(container)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert (ports["http"], ports["metrics"]) == (settings.http.port, settings.http.metrics_port)
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    folder, name = settings.http.api_keys_file.rsplit("/", 1)
+    keys = volumes[mounts[folder]]["secret"]
+    assert keys["secretName"] == "avindex-api-keys" and name in {i["path"] for i in keys["items"]}
+    assert container["image"].endswith(f"-{variant}")  # the overlay's image
+    assert container["resources"]["requests"]["cpu"]  # the HPA's utilisation needs a request
+    labels = pod["metadata"]["labels"]
+    service = one(docs, "Service", "avindex-search")
+    assert matches(service["spec"]["selector"], labels)
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == {"http", "metrics"}
+    hpa = one(docs, "HorizontalPodAutoscaler", "avindex-search")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": "avindex-search"}
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    policy = one(docs, "NetworkPolicy", "avindex-search")
+    assert matches(policy["spec"]["podSelector"]["matchLabels"], labels)
+    assert ingress_by_port(policy) == EXPECTED_INGRESS
+    egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert 9093 not in egress_ports and {6333, 6334} <= egress_ports  # Qdrant, no Kafka
+    # the daemons' own policy and pod disruption budget leave the search pods alone
+    daemon_policy = one(docs, "NetworkPolicy", "avindex")
+    assert not matches(daemon_policy["spec"]["podSelector"]["matchLabels"], labels)
+    assert not matches(one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+                       labels)
+    monitor = one(docs, "ServiceMonitor", "avindex-search")
+    assert matches(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
 
 
 SASL_FOR_KEDA = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -11,26 +12,35 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("daemon", "training", "exporters", "tools")
+PACKAGES = ("daemon", "training", "exporters", "tools", "client")
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
-    out = tmp_path_factory.mktemp("wheel")
+    """The wheel built from a copy of the files git knows (a stale build/ folder in the
+    checkout must not leak old modules into the test)."""
+    src, out = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("wheel")
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "--cached", "--others",
+                            "--exclude-standard"], capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    for name in files:
+        if (ROOT / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out),
-                    str(ROOT)], check=True, timeout=300)
+                    str(src)], check=True, timeout=300)
     [path] = out.glob("avindex-*.whl")
     return zipfile.ZipFile(path)
 
 
-def test_the_wheel_holds_the_four_packages_and_their_data_only(wheel):
+def test_the_wheel_holds_the_five_packages_and_their_data_only(wheel):
     names = wheel.namelist()
     info = [n for n in names if ".dist-info/" in n]
     code = [n for n in names if n not in info]
     assert code and all(n.startswith("avindex/") for n in code), code
     assert {n.split("/")[1] for n in code} == set(PACKAGES)
     assert not any("/tests/" in n or "/bench/" in n or "__pycache__" in n for n in names)
-    # every source module of the four folders is there, nothing else in Python form
+    # every source module of the five folders is there, nothing else in Python form
     sources = {f"avindex/{p.relative_to(ROOT)}" for pkg in PACKAGES
                for p in (ROOT / pkg).rglob("*.py")}
     assert {n for n in code if n.endswith(".py")} == sources

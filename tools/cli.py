@@ -20,6 +20,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                  "MAP / precision@k of a checkpoint or a model directory; baselines"),
     "export": ("avindex.exporters.cli", "export a checkpoint (or the default model) to ONNX"),
     "run": ("avindex.tools.run", "run the indexing daemon: Kafka -> decode -> ONNX -> Qdrant"),
+    "serve": ("avindex.tools.serve", "serve the search API alone, against the alias (no Kafka; "
+              "scale it apart from the indexers)"),
     "reindex": ("avindex.tools.reindex", "re-index the topics into a new model's collection, "
                 "then optionally switch the alias"),
     "embed": ("avindex.tools.embed", "print the embeddings of media files as JSON lines"),

@@ -2,8 +2,9 @@
 
 Two ways to answer, because Qdrant's local storage belongs to one process:
 
-- through a running daemon (`--daemon URL`, or the daemon of `--config` when it uses local
-  storage, or http://127.0.0.1:8080): POST /search uploads the file, the daemon embeds it;
+- through a running daemon or `avindex serve` (`--daemon URL`, or the daemon of `--config` when
+  it uses local storage, or http://127.0.0.1:8080), with `avindex.client.SearchClient`
+  (POST /v1/search; `--api-key`, else the first of `http.api_keys` of `--config`);
 - straight against a Qdrant server (`--qdrant-url`, or `qdrant.url` of `--config`/AVINDEX_*),
   or local storage that no daemon holds (`--qdrant-path`): the file is embedded here with
   `--model` (or `model.dir`), which must be the model version the collection was built with.
@@ -15,18 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import mimetypes
 import os
 import sys
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
+from avindex.client import SearchClient, SearchError
 from avindex.daemon.settings import QdrantSettings, Settings, SettingsError, load_settings
 
-__all__ = ["configure", "format_results", "main", "post_search"]
+__all__ = ["configure", "filter_json", "format_results", "main"]
 
 DEFAULT_DAEMON = "http://127.0.0.1:8080"
 
@@ -45,13 +43,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--by", choices=["audio", "visual"],
                         help="search with the query's sound or its pictures (video, --id)")
     parser.add_argument("--top-k", type=int, default=10, metavar="K", help="results (10)")
+    parser.add_argument("--offset", type=int, default=0, metavar="N",
+                        help="skip the first N results (pages of one ranking)")
     parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                         help="payload filter, repeatable, all must hold "
-                        "(e.g. metadata.label=7, modalities=visual)")
+                        "(e.g. metadata.label=7, modalities=visual); or one Qdrant filter as "
+                        "JSON ('{\"must\": [...]}')")
     parser.add_argument("--json", action="store_true", help="print the JSON answer")
     parser.add_argument("--daemon", metavar="URL",
-                        help=f"ask this running daemon (default for local storage: "
-                        f"{DEFAULT_DAEMON} or the port of --config)")
+                        help=f"ask this running daemon or `avindex serve` (default for local "
+                        f"storage: {DEFAULT_DAEMON} or the port of --config)")
+    parser.add_argument("--api-key", metavar="KEY",
+                        help="API key for --daemon (default: the first of http.api_keys of "
+                        "--config)")
     parser.add_argument("--qdrant-url", metavar="URL",
                         help="query this Qdrant server directly (needs --model)")
     parser.add_argument("--qdrant-path", metavar="DIR",
@@ -90,48 +94,51 @@ def _query(args: argparse.Namespace) -> tuple[str | None, Path | None]:
     return None, None
 
 
-def post_search(url: str, *, file: Path | None = None, data: bytes | None = None,
-                kind: str | None = None, media_id: str | None = None, by: str | None = None,
-                top_k: int = 10, filters: list[str] | tuple[str, ...] = (),
-                fields: str | None = None, timeout: float = 120.0) -> tuple[int, dict]:
-    """POST /search as multipart/form-data; returns (HTTP status, JSON answer)."""
-    boundary = uuid.uuid4().hex
-    parts: list[bytes] = []
+def filter_json(items: list[str]) -> dict | None:
+    """`--filter` values as Qdrant's JSON filter: one JSON object as given, or `key=value`
+    items (all must hold) as `avindex.daemon.search.parse_filters` reads them."""
+    from avindex.daemon.search import SearchError as Refused
+    from avindex.daemon.search import parse_filters
 
-    def field(name: str, value: str) -> None:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
-                     f"{value}\r\n".encode())
-
-    if file is not None or data is not None:
-        name = file.name if file is not None else "query"
-        content = file.read_bytes() if file is not None else data
-        ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-                     f'filename="{name}"\r\nContent-Type: {ctype}\r\n\r\n'.encode()
-                     + content + b"\r\n")
-    for name, value in (("kind", kind), ("id", media_id), ("by", by), ("fields", fields)):
-        if value:
-            field(name, value)
-    field("top_k", str(top_k))
-    for f in filters:
-        field("filter", f)
-    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    request = urllib.request.Request(
-        url.rstrip("/") + "/search", data=body, method="POST",
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
+    if len(items) == 1 and items[0].lstrip().startswith("{"):
         try:
-            return exc.code, json.loads(exc.read())
-        except json.JSONDecodeError:
-            return exc.code, {"error": "http_error", "message": f"HTTP {exc.code}"}
+            return json.loads(items[0])
+        except json.JSONDecodeError as exc:
+            raise Refused(400, "bad_filter", f"--filter is not JSON: {exc}") from exc
+    parsed = parse_filters(items)
+    return parsed.model_dump(exclude_none=True, mode="json") if parsed is not None else None
+
+
+def ask_service(url: str, api_key: str | None, kind: str | None, path: Path | None,
+                args: argparse.Namespace) -> tuple[int, dict]:
+    """One search through `SearchClient`: (HTTP status, JSON answer)."""
+    from avindex.daemon.search import SearchError as Refused
+
+    try:
+        options = {"limit": args.top_k, "offset": args.offset, "by": args.by,
+                   "filter": filter_json(args.filter)}
+    except Refused as exc:
+        return 2, {"error": exc.code, "message": str(exc)}
+    with SearchClient(url, api_key=api_key, timeout=args.timeout) as client:
+        try:
+            if path is None:
+                result = client.search_id(args.id, **options)
+            else:
+                search = {"audio": client.search_audio, "image": client.search_image}.get(
+                    kind or "video", client.search_video)
+                result = search(path, **options)
+        except SearchError as exc:
+            return exc.status, {"error": exc.code, "message": exc.message}
+    return 200, {"query": result.query, "collection": result.collection,
+                 "model_version": result.model_version, "took_ms": result.took_ms,
+                 "results": [vars(h) for h in result.hits]}
 
 
 def _direct(args: argparse.Namespace, settings: Settings | None, kind: str | None,
             path: Path | None) -> tuple[int, dict]:
     """Embed here and query Qdrant directly (a server, or local storage no daemon holds)."""
+    from qdrant_client import models
+
     from avindex.daemon.encoder import Encoder
     from avindex.daemon.model_dir import ModelDirError, load_model_dir
     from avindex.daemon.search import Options, Searcher, SearchError
@@ -156,7 +163,9 @@ def _direct(args: argparse.Namespace, settings: Settings | None, kind: str | Non
     try:
         searcher = Searcher(client, model, Encoder(model, device="cpu", max_batch=1),
                             args.collection or qdrant.alias)
-        options = Options(top_k=args.top_k, filters=tuple(args.filter))
+        filter_ = filter_json(args.filter)
+        options = Options(limit=args.top_k, offset=args.offset,
+                          filter=models.Filter.model_validate(filter_) if filter_ else None)
         if path is not None:
             if not path.is_file():
                 return 2, {"error": "no_file", "message": f"no such file: {path}"}
@@ -194,19 +203,19 @@ def main(args: argparse.Namespace) -> int:
     else:
         url = args.daemon or DEFAULT_DAEMON
         if settings is not None and not args.daemon:
-            host = settings.http.host if settings.http.host not in ("0.0.0.0", "::") \
+            host = settings.http.host if settings.http.host not in ("", "0.0.0.0", "::") \
                 else "127.0.0.1"
             url = f"http://{host}:{settings.http.port}"
+        api_key = args.api_key or (settings.http.api_keys[0] if settings is not None
+                                   and settings.http.api_keys else None)
         if path is not None and not path.is_file():
             print(f"avindex search: no such file: {path}", file=sys.stderr)
             return 2
-        try:
-            status, answer = post_search(url, file=path, kind=kind, media_id=args.id, by=args.by,
-                                         top_k=args.top_k, filters=args.filter,
-                                         timeout=args.timeout)
-        except OSError as exc:
-            print(f"avindex search: the daemon at {url} is not reachable ({exc}); start "
-                  "`avindex run` or give --daemon URL / --qdrant-url URL", file=sys.stderr)
+        status, answer = ask_service(url, api_key, kind, path, args)
+        if status == 0:
+            print(f"avindex search: the service at {url} is not reachable "
+                  f"({answer.get('message')}); start `avindex run` or `avindex serve`, or "
+                  "give --daemon URL / --qdrant-url URL", file=sys.stderr)
             return 3
     if status != 200:
         print(f"avindex search: {answer.get('error')}: {answer.get('message')}", file=sys.stderr)

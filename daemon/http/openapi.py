@@ -1,167 +1,184 @@
-"""The OpenAPI 3 description of the daemon's HTTP server, served at GET /openapi.json.
+"""The OpenAPI 3.1 document, built from the route table (`Api.endpoints()`) and the pydantic
+request models, so that it lists exactly the routes, statuses and error codes the server has.
 
-Built from the settings so the documented limits (upload size, top_k) are the ones enforced.
+Every error response names its codes twice: in words, and as `x-error-codes` (a list) that
+tests and clients can read. The configured limits (upload size, limit, offset, batch) are the
+ones in the document.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
-from avindex.daemon.settings import Settings
+from avindex.daemon.http.endpoint import Endpoint
+from avindex.daemon.http.queries import BatchRequest, SearchRequest
+from avindex.daemon.settings import HttpSettings
 
-__all__ = ["ERROR_CODES", "openapi_document"]
+__all__ = ["documented_errors", "openapi_document", "openapi_json"]
 
-# status -> error codes POST /search can answer with (the `error` field of the body).
-ERROR_CODES: dict[int, list[str]] = {
-    400: ["no_file", "bad_request", "bad_filter"],
-    404: ["not_found"],
-    408: ["timeout"],
-    411: ["length_required"],
-    413: ["too_large"],
-    415: ["unsupported_media_type"],
-    422: ["undecodable", "wrong_modality"],
-    503: ["not_ready", "overloaded"],
-}
-REASONS = {400: "Bad request", 404: "Not found", 408: "Upload too slow",
-           411: "Content-Length missing", 413: "Upload too large",
-           415: "Not multipart/form-data", 422: "Query media unusable",
-           503: "Not ready or overloaded"}
+REASONS = {400: "Bad request", 401: "API key missing or wrong", 403: "Not allowed",
+           404: "Not found", 405: "Method not allowed on this path", 408: "Body too slow",
+           411: "Content-Length missing", 413: "Too large", 415: "Unsupported content type",
+           416: "Bad range", 422: "Query media unusable", 431: "Headers too large",
+           500: "Server bug",
+           502: "Query URI unreachable", 503: "Starting, overloaded or out of connections"}
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(description: str, ref: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+def documented_errors(endpoint: Endpoint) -> dict[int, tuple[str, ...]]:
+    """Every (status -> codes) the endpoint can answer, the cross-cutting ones included."""
+    errors = {s: tuple(c) for s, c in endpoint.errors.items()}
+
+    def add(status: int, *codes: str) -> None:
+        errors[status] = tuple(dict.fromkeys((*errors.get(status, ()), *codes)))
+
+    add(405, "method_not_allowed")
+    add(400, "bad_request")  # not HTTP/1.x
+    add(431, "headers_too_large")
+    if not endpoint.probe:
+        add(400, "bad_host")
+        add(500, "internal_error")
+    if endpoint.auth:
+        add(401, "unauthorized")
+    return dict(sorted(errors.items()))
 
 
-def _schemas(settings: Settings) -> dict[str, Any]:
-    http = settings.http
+def _operation(endpoint: Endpoint, path: str) -> dict[str, Any]:
+    alias = path != endpoint.path
+    op: dict[str, Any] = {
+        "summary": endpoint.summary + (f" (unversioned alias of {endpoint.path})" if alias
+                                       else ""),
+        "operationId": endpoint.name + ("Unversioned" if alias else ""),
+        "responses": {},
+    }
+    params = re.findall(r"{(\w+)}", path)
+    if params:
+        op["parameters"] = [{"name": p, "in": "path", "required": True,
+                             "schema": {"type": "string"}} for p in params]
+    if endpoint.name == "media":
+        op["parameters"].append({"name": "Range", "in": "header", "required": False,
+                                 "schema": {"type": "string"},
+                                 "description": "one bytes=START-END range"})
+    if endpoint.auth:
+        op["security"] = [{"bearer": []}, {"apiKey": []}]
+    if endpoint.body == "search":
+        op["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": _ref("SearchRequest")},
+            "multipart/form-data": {"schema": _ref("SearchForm"), "encoding": {"file": {
+                "contentType": "audio/*, video/*, image/*, application/octet-stream"}}}}}
+    elif endpoint.body == "batch":
+        op["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": _ref("BatchRequest")}}}
+    for status, content_type in endpoint.ok.items():
+        content: dict[str, Any] = {"schema": _ref(endpoint.schema) if endpoint.schema and
+                                   content_type == "application/json" else {"type": "string"}}
+        op["responses"][str(status)] = {
+            "description": {200: "OK", 206: "A byte range", 503: "Not ready"}.get(status, "OK"),
+            "content": {content_type: content}}
+    for status, codes in documented_errors(endpoint).items():
+        described = {"description": f"{REASONS[status]}: {', '.join(codes)}",
+                     "x-error-codes": list(codes),
+                     "content": {"application/json": {"schema": _ref("Error")}}}
+        if status == 401:
+            described["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+        if status in op["responses"]:  # 503 of /info, /readyz: a body of its own, and Error
+            op["responses"][str(status)]["x-error-codes"] = list(codes)
+            continue
+        op["responses"][str(status)] = described
+    if "503" not in op["responses"]:
+        op["responses"]["503"] = {"description": "Out of connections (http.max_connections)",
+                                  "x-error-codes": [],
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}}
+    return op
+
+
+def _model_schemas(http: HttpSettings) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for model in (SearchRequest, BatchRequest):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        out.update(schema.pop("$defs", {}))
+        out[model.__name__] = schema
+    out["SearchRequest"]["properties"]["limit"]["maximum"] = http.max_top_k
+    out["SearchRequest"]["properties"]["offset"]["maximum"] = http.max_offset
+    out["BatchRequest"]["properties"]["searches"]["maxItems"] = http.max_batch
+    return out
+
+
+def _schemas(endpoints: list[Endpoint], http: HttpSettings) -> dict[str, Any]:
+    hit = {"type": "object", "required": ["rank", "score", "id", "payload"], "properties": {
+        "rank": {"type": "integer", "description": "1-based, offset included"},
+        "score": {"type": "number", "description": "cosine similarity"},
+        "id": {"type": "string", "format": "uuid",
+               "description": "point id (UUIDv5 of the media id); playable at /v1/media/{id}"},
+        "media_id": {"type": ["string", "null"]},
+        "payload": {"type": "object", "description": "the point's payload (docs/daemon.md, "
+                    "What ends up in Qdrant); empty with with_payload=false"}}}
+    result = {"type": "object", "required": ["query", "collection", "model_version", "results",
+                                             "took_ms"], "properties": {
+        "query": {"type": "object", "description": "kind, by (the part embedded), vector (the "
+                  "named vector searched), duration_s, uncertainty; media_id for id queries"},
+        "collection": {"type": "string"}, "model_version": {"type": "string"},
+        "took_ms": {"type": "number"}, "results": {"type": "array", "items": _ref("Hit")}}}
     return {
-        "SearchForm": {
-            "type": "object",
-            "description": "Give `file` (the query media) or `id` (an indexed media id).",
-            "properties": {
-                "file": {"type": "string", "format": "binary",
-                         "description": "Query media: audio, video or image, any container "
-                         f"FFmpeg reads, at most {http.max_upload_bytes} bytes in all."},
-                "kind": {"type": "string", "enum": ["audio", "video", "image"],
-                         "description": "What `file` is; default from its content type (and "
-                         "then from its streams: pictures make it a video)."},
-                "by": {"type": "string", "enum": ["audio", "visual"],
-                       "description": "Which part of the query to search with: audio queries "
-                       "search by sound, images by picture, videos by picture unless "
-                       "by=audio. The other modality's vectors are searched."},
-                "id": {"type": "string", "description": "Search with the stored vector of "
-                       "this indexed media id instead of an upload (by: audio by default)."},
-                "top_k": {"type": "integer", "minimum": 1, "maximum": http.max_top_k,
-                          "default": 10},
-                "filter": {"type": "array", "items": {"type": "string"},
-                           "description": "Repeatable `key=value` payload filters, all must "
-                           "hold; nested keys with dots (`metadata.label=7`)."},
-                "fields": {"type": "string", "description": "Comma-separated payload keys to "
-                           "return (default: the whole payload)."},
-            },
-        },
-        "SearchResult": {
-            "type": "object",
-            "required": ["query", "collection", "model_version", "results", "took_ms"],
-            "properties": {
-                "query": {"type": "object", "description": "kind, by (the part embedded), "
-                          "vector (the named vector searched), duration_s, uncertainty"},
-                "collection": {"type": "string"},
-                "model_version": {"type": "string"},
-                "took_ms": {"type": "number"},
-                "results": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
-            },
-        },
-        "Hit": {
-            "type": "object",
-            "required": ["rank", "score", "id", "payload"],
-            "properties": {
-                "rank": {"type": "integer"},
-                "score": {"type": "number", "description": "cosine similarity"},
-                "id": {"type": "string", "format": "uuid", "description": "point id "
-                       "(UUIDv5 of the media id); playable at /media/{id}"},
-                "media_id": {"type": "string", "nullable": True},
-                "payload": {"type": "object", "description": "the point's payload (see "
-                            "docs/daemon.md, What ends up in Qdrant)"},
-            },
-        },
-        "Info": {
-            "type": "object",
-            "properties": {
-                "ready": {"type": "boolean"}, "model_id": {"type": "string"},
-                "model_version": {"type": "string"}, "collection": {"type": "string"},
-                "points": {"type": "integer"},
-                "modalities": {"type": "array", "items": {"type": "string"}},
-                "limits": {"type": "object"},
-            },
-        },
-        "Error": {
-            "type": "object",
-            "required": ["error", "message"],
-            "properties": {
-                "error": {"type": "string", "enum": sorted({c for codes in ERROR_CODES.values()
-                                                            for c in codes} | {
-                    "method_not_allowed", "internal_error", "uri_not_allowed", "bad_uri",
-                    "bad_range"})},
-                "message": {"type": "string"},
-            },
-        },
+        **_model_schemas(http),
+        "SearchForm": {"type": "object", "description": "Give `file` or `id`.", "properties": {
+            "file": {"type": "string", "contentMediaType": "application/octet-stream",
+                     "description": f"Query media, at most {http.max_upload_bytes} bytes in "
+                     "all (the whole body)."},
+            "kind": {"type": "string", "enum": ["audio", "video", "image"]},
+            "by": {"type": "string", "enum": ["audio", "visual"]},
+            "id": {"type": "string", "description": "an indexed media id"},
+            "top_k": {"type": "integer", "minimum": 1, "maximum": http.max_top_k,
+                      "default": 10, "description": "alias: limit"},
+            "offset": {"type": "integer", "minimum": 0, "maximum": http.max_offset},
+            "filter": {"type": "array", "items": {"type": "string"}, "description":
+                       "repeatable key=value (all must hold), or one Qdrant filter as JSON"},
+            "fields": {"type": "string", "description": "comma-separated payload keys"}}},
+        "Hit": hit,
+        "SearchResult": result,
+        "BatchResult": {"type": "object", "required": ["answers", "took_ms"], "properties": {
+            "answers": {"type": "array", "items": _ref("SearchResult")},
+            "took_ms": {"type": "number"}}},
+        "Info": {"type": "object", "required": ["ready", "limits"], "properties": {
+            "ready": {"type": "boolean"}, "model_id": {"type": "string"},
+            "model_version": {"type": "string"}, "collection": {"type": "string"},
+            "points": {"type": "integer"}, "auth": {"type": "boolean"},
+            "modalities": {"type": "array", "items": {"type": "string"}},
+            "limits": {"type": "object"}}},
+        "Probe": {"type": "object", "required": ["ok"], "properties": {
+            "ok": {"type": "boolean"}}, "additionalProperties": True},
+        "Error": {"type": "object", "required": ["error", "message"], "properties": {
+            "error": {"type": "string", "enum": sorted({
+                c for e in endpoints for codes in documented_errors(e).values()
+                for c in codes})},
+            "message": {"type": "string"}}},
     }
 
 
-def openapi_document(settings: Settings) -> dict[str, Any]:
-    search_errors = {str(status): _error(f"{REASONS[status]}: {', '.join(codes)}")
-                     for status, codes in ERROR_CODES.items()}
-    text = {"description": "text", "content": {"text/plain": {"schema": {"type": "string"}}}}
-    probe = {"200": {"description": "ok"}, "503": {"description": "not ok"}}
+def openapi_document(endpoints: list[Endpoint], http: HttpSettings) -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for endpoint in endpoints:
+        for path in (endpoint.path, *endpoint.aliases):
+            paths.setdefault(path, {})[endpoint.method.lower()] = _operation(endpoint, path)
     return {
-        "openapi": "3.0.3",
-        "info": {"title": "avindex daemon", "version": "1",
-                 "description": "Cross-modal search over the index this daemon writes: a "
-                 "sound finds videos, a video or image finds sounds."},
-        "paths": {
-            "/search": {"post": {
-                "summary": "Search the other modality with an uploaded query",
-                "operationId": "search",
-                "requestBody": {"required": True, "content": {"multipart/form-data": {
-                    "schema": {"$ref": "#/components/schemas/SearchForm"},
-                    "encoding": {"file": {"contentType": "audio/*, video/*, image/*, "
-                                          "application/octet-stream"}}}}},
-                "responses": {"200": _json("Ranked results", "SearchResult"), **search_errors},
-            }},
-            "/info": {"get": {"summary": "Model, collection and point count",
-                              "operationId": "info",
-                              "responses": {"200": _json("Ready", "Info"),
-                                            "503": _json("Starting", "Info")}}},
-            "/media/{id}": {"get": {
-                "summary": "An indexed item's media file (file:// URIs in allowed roots)",
-                "operationId": "media",
-                "parameters": [{"name": "id", "in": "path", "required": True,
-                                "schema": {"type": "string", "format": "uuid"}},
-                               {"name": "Range", "in": "header", "required": False,
-                                "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "the file"},
-                              "206": {"description": "a byte range"},
-                              "403": _error("URI outside the allowed roots"),
-                              "404": _error("no such point or no local file"),
-                              "416": _error("bad range"), "503": _error("busy or starting")},
-            }},
-            "/": {"get": {"summary": "The search web page", "operationId": "page",
-                          "responses": {"200": {"description": "HTML"}}}},
-            "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
-                                      "responses": {"200": {"description": "OpenAPI 3"}}}},
-            "/healthz": {"get": {"summary": "Liveness", "operationId": "healthz",
-                                 "responses": probe}},
-            "/readyz": {"get": {"summary": "Readiness", "operationId": "readyz",
-                                "responses": probe}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics",
-                                 "responses": {"200": text}}},
-        },
-        "components": {"schemas": _schemas(settings)},
+        "openapi": "3.1.0",
+        "info": {"title": "avindex search API", "version": "1",
+                 "description": "Cross-modal search over the index the daemon writes: a sound "
+                 "finds videos, a video or image finds sounds. Versioned paths (/v1/...); the "
+                 "unversioned ones answer the same. Unknown paths: 404 `not_found`."},
+        "paths": paths,
+        "components": {
+            "schemas": _schemas(endpoints, http),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "api-key"}}},
     }
+
+
+def openapi_json(endpoints: list[Endpoint], http: HttpSettings) -> bytes:
+    return json.dumps(openapi_document(endpoints, http), indent=1).encode()

@@ -1,168 +1,181 @@
-"""The daemon's threaded HTTP server: /metrics, /healthz and /readyz, plus mounted routes.
+"""uvicorn on its own thread and event loop, started before the model loads so an orchestrator
+gets "alive, not ready" during a slow start instead of refused connections.
 
-Started first, before the model loads, so that an orchestrator gets "alive, not ready" answers
-during a slow start (warm-up, Qdrant or the broker not reachable yet) instead of refused
-connections that look like a crash. Other endpoints (search, the web page, media) are a route
-callable (`avindex.daemon.http.api.HttpApi`) given a small `Request` and answering a `Response`,
-or None for "not mine"; each request runs in its own thread, never in the indexing loop.
+The sockets are bound in the caller's thread (a taken port fails `start()` at once, port 0
+resolves before anyone asks). Connections cost no thread; at most `http.max_connections`
+are served (503 beyond), each gets `http.request_timeout_s` to deliver its request headers (the
+body has its own total deadline in the app), and requests that uvicorn's own parsing chokes on
+get 400 instead of a dropped connection.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
+import socket
 import threading
-import urllib.parse
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, BinaryIO
+from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from avindex.daemon.health import Health
-from avindex.daemon.metrics import Metrics
+from avindex.daemon.http.app import MAX_HEADER_BYTES
+from avindex.daemon.settings import HttpSettings
 
-__all__ = ["ProbeServer", "Request", "Response", "Route"]
+__all__ = ["HttpServer", "listen_host"]
 
 log = logging.getLogger(__name__)
 
-PROBE_PATHS = ("/metrics", "/healthz", "/readyz")
 
 
-@dataclass
-class Request:
-    """What a route needs to know about a request; the body is read by the route (bounded)."""
 
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: Message
-    body: BinaryIO
-
-    def header(self, name: str, default: str = "") -> str:
-        return self.headers.get(name, default)
-
-
-@dataclass
-class Response:
-    """A status, headers and a body (bytes, or chunks with a known `length` for files)."""
-
-    status: int
-    body: bytes | Iterable[bytes] = b""
-    content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
-    length: int | None = None
-
-    @classmethod
-    def json(cls, status: int, value: Any, **headers: str) -> Response:
-        return cls(status, json.dumps(value, default=str).encode(), "application/json",
-                   dict(headers))
-
-    @classmethod
-    def error(cls, status: int, code: str, message: str, **headers: str) -> Response:
-        """The one error shape of every endpoint: `{"error": code, "message": text}`."""
-        return cls.json(status, {"error": code, "message": message}, **headers)
+def listen_host(http: HttpSettings) -> tuple[str, str | None]:
+    """(address to bind, a warning to log or None): loopback without keys unless `http.host`
+    is set explicitly."""
+    if http.host:
+        if not http.api_keys and http.host not in ("127.0.0.1", "::1", "localhost"):
+            return http.host, (f"http.host is {http.host} and no API key is set "
+                               "(http.api_keys): search and media are open to anyone who "
+                               "reaches this port")
+        return http.host, None
+    if http.api_keys:
+        return "0.0.0.0", None
+    return "127.0.0.1", ("no API key is set (http.api_keys), so the HTTP API listens on "
+                         "127.0.0.1 only; set http.api_keys, or http.host explicitly "
+                         "(e.g. 0.0.0.0 in a container) to listen elsewhere")
 
 
-Route = Callable[[Request], Response | None]
+def _protocol(header_timeout_s: float) -> type[H11Protocol]:
+    class Protocol(H11Protocol):
+        """uvicorn's h11 protocol with a deadline on request headers and 400 for requests its
+        parser raises on (a non-ASCII path is a UnicodeDecodeError there)."""
 
+        _timer: asyncio.TimerHandle | None = None
 
-class ProbeServer:
-    """Serves the probes (and `routes`) in a background thread; `port` is the bound port."""
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
 
-    def __init__(self, host: str, port: int, health: Health, metrics: Metrics,
-                 routes: Route | None = None, request_timeout_s: float = 30.0) -> None:
-        self.health, self.metrics = health, metrics
-        self.routes = routes
-        server = self
+        def _arm(self) -> None:
+            self._disarm()
+            self._timer = self.loop.call_later(header_timeout_s, self._headers_overdue)
 
-        class Handler(BaseHTTPRequestHandler):
-            timeout = request_timeout_s  # a stalled client cannot hold a thread forever
-            protocol_version = "HTTP/1.1"
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
-            def do_GET(self) -> None:
-                self._dispatch("GET")
+        def _headers_overdue(self) -> None:
+            self._timer = None
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.close()
 
-            def do_HEAD(self) -> None:
-                self._dispatch("HEAD")
-
-            def do_POST(self) -> None:
-                self._dispatch("POST")
-
-            def _dispatch(self, method: str) -> None:
-                parts = urllib.parse.urlsplit(self.path)
-                if parts.path in PROBE_PATHS and method in ("GET", "HEAD"):
-                    response = server._probe(parts.path)
-                else:
-                    request = Request(method, parts.path, urllib.parse.parse_qs(parts.query),
-                                      self.headers, self.rfile)
-                    response = server._route(request)
-                self._send(response, head=method == "HEAD")
-
-            def _send(self, response: Response, head: bool) -> None:
-                body = response.body
-                length = len(body) if isinstance(body, bytes) else response.length
-                try:
-                    self.send_response(response.status)
-                    self.send_header("Content-Type", response.content_type)
-                    if length is not None:
-                        self.send_header("Content-Length", str(length))
-                    for name, value in response.headers.items():
-                        self.send_header(name, value)
-                    if response.status >= 400 and self.command == "POST":
-                        # An unread request body would be taken for the next request.
-                        self.send_header("Connection", "close")
-                        self.close_connection = True
-                    self.end_headers()
-                    if head:
-                        return
-                    if isinstance(body, bytes):
-                        self.wfile.write(body)
-                    else:
-                        for chunk in body:
-                            self.wfile.write(chunk)
-                except (BrokenPipeError, ConnectionResetError):  # the client went away
-                    self.close_connection = True
-                finally:
-                    close = getattr(body, "close", None)
-                    if close is not None:
-                        close()
-
-            def log_message(self, format, *args) -> None:  # probes every few seconds: quiet
-                log.debug("http " + format, *args)
-
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
-        self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="probes",
-                                        daemon=True)
-
-    def _probe(self, path: str) -> Response:
-        if path == "/metrics":
-            self._refresh_gauges()
-            return Response(200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST)
-        ok, detail = self.health.liveness() if path == "/healthz" else self.health.readiness()
-        return Response.json(200 if ok else 503, {"ok": ok, **detail})
-
-    def _route(self, request: Request) -> Response:
-        response = None
-        if self.routes is not None:
+        def handle_events(self) -> None:
+            before = self.cycle
             try:
-                response = self.routes(request)
-            except Exception:  # a bug in one request must not kill the server thread
-                log.exception("http %s %s failed", request.method, request.path)
-                return Response.error(500, "internal_error", "unexpected error (see the log)")
-        return response or Response(404, b"not found\n", "text/plain")
+                super().handle_events()
+            except (UnicodeDecodeError, ValueError):
+                self.send_400_response("Invalid HTTP request received.")
+                return
+            if self.cycle is not before:
+                self._disarm()  # a request arrived; its body has the app's deadline
 
-    def _refresh_gauges(self) -> None:
-        self.metrics.ready.set(1 if self.health.readiness()[0] else 0)
-        self.metrics.healthy.set(1 if self.health.liveness()[0] else 0)
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return Protocol
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class HttpServer:
+    """One or two ASGI apps (the API, and the probes on `http.metrics_port`) served by uvicorn
+    in a background thread; `ports` are the bound ports in that order."""
+
+    def __init__(self, apps: list[tuple[Any, int]], host: str, http: HttpSettings) -> None:
+        self._servers: list[tuple[uvicorn.Server, socket.socket]] = []
+        try:
+            for app, port in apps:
+                sock = _bind(host, port)
+                config = uvicorn.Config(
+                    app, http=_protocol(http.request_timeout_s), lifespan="off",
+                    log_config=None, access_log=False, server_header=False,
+                    limit_concurrency=http.max_connections, timeout_keep_alive=5,
+                    h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+                    timeout_graceful_shutdown=5)
+                self._servers.append((uvicorn.Server(config), sock))
+        except OSError:
+            for _, sock in self._servers:
+                sock.close()
+            raise
+        self.ports = [sock.getsockname()[1] for _, sock in self._servers]
+        self._thread = threading.Thread(target=self._run, name="http", daemon=True)
+        self.failed: BaseException | None = None
+
+    def _run(self) -> None:
+        async def serve_all() -> None:
+            await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in self._servers))
+
+        try:
+            asyncio.run(serve_all())
+        except BaseException as exc:  # reported; the thread ends
+            self.failed = exc
+            log.exception("the HTTP server stopped")
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+    def stop(self, timeout: float = 10.0) -> None:
+        for server, _ in self._servers:
+            server.should_exit = True
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            for server, _ in self._servers:
+                server.force_exit = True
+            self._thread.join(timeout)
+        for _, sock in self._servers:
+            sock.close()
+
+
+def start_api(settings, health, metrics):
+    """The API of `settings.http` (and its probes, on their own port when
+    `http.metrics_port` is set), started; returns (Api, HttpServer)."""
+    from avindex.daemon.http.app import Api
+
+    http = settings.http
+    host, warning = listen_host(http)
+    if warning:
+        log.warning(warning)
+    api = Api(settings, metrics, health)
+    if http.metrics_port is None:
+        apps = [(api.app(), http.port)]
+    else:
+        apps = [(api.app(probes=False), http.port), (api.app(api=False), http.metrics_port)]
+    server = HttpServer(apps, host, http)
+    server.start()
+    where = f"http://{host}:{server.ports[0]}"
+    probes = f"http://{host}:{server.ports[-1]}"
+    log.info("http API on %s (/v1/search /v1/info /openapi.json /), probes and metrics on %s "
+             "(/healthz /readyz /metrics); API keys: %s", where, probes,
+             "required" if http.api_keys else "none",
+             extra={"fields": {"http_port": server.ports[0], "metrics_port": server.ports[-1],
+                               "http_host": host}})
+    return api, server

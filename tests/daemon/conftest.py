@@ -128,3 +128,14 @@ def names(request):
     stamp = f"{time.monotonic_ns() % 10**8}"
     return {"topic": f"{base}-{stamp}", "group": f"g-{base}-{stamp}",
             "dlq": f"{base}-{stamp}-dlq"}
+
+
+@pytest.fixture(scope="session")
+def search_index(broker, model_dir, clips, media_root, media_server):
+    """One real daemon that indexed 40 clips (API key set) and `avindex serve` on its Qdrant
+    client, shared by the search test modules (tests/daemon/search_helpers.py)."""
+    from search_helpers import start_index
+
+    index, stop = start_index(broker, model_dir, clips, media_root, media_server)
+    yield index
+    stop()

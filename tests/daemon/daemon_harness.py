@@ -8,6 +8,7 @@ faults in front of the real client).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -67,8 +68,8 @@ def settings_for(model_dir: Path, bootstrap: str, topic: str, *, group: str, dlq
 
 
 def settings_file(settings: Settings, path: Path) -> Path:
-    """The settings as a YAML config file (for daemons run as processes)."""
-    data = settings.redacted()
+    """The settings as a YAML config file (for daemons run as processes), secrets included."""
+    data = dataclasses.asdict(settings)
     for section in data.values():
         for key in [k for k, v in section.items() if v is None]:
             del section[key]

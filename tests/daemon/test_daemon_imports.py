@@ -10,13 +10,15 @@ import sys
 
 import avindex.daemon
 
-RUNTIME_COMMANDS = ["avindex.tools.cli", "avindex.tools.run", "avindex.tools.reindex",
-                    "avindex.tools.embed", "avindex.tools.search"]
+RUNTIME_COMMANDS = ["avindex.tools.cli", "avindex.tools.run", "avindex.tools.serve",
+                    "avindex.tools.reindex", "avindex.tools.embed", "avindex.tools.search",
+                    "avindex.client"]
 
 
 def test_no_daemon_module_or_runtime_command_imports_torch_or_training_code():
     modules = [m.name for m in pkgutil.walk_packages(avindex.daemon.__path__, "avindex.daemon.")]
-    assert {"avindex.daemon.app", "avindex.daemon.http.api"} <= set(modules)
+    assert {"avindex.daemon.app", "avindex.daemon.http.app", "avindex.daemon.serve"} <= set(
+        modules)
     assert len(modules) >= 25
     code = (f"import sys\nfor m in {modules + RUNTIME_COMMANDS!r}:\n    __import__(m)\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx')\n"

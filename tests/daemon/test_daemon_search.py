@@ -22,96 +22,26 @@ import numpy as np
 import pytest
 from daemon_harness import DaemonThread, produce, settings_file, settings_for, wait_for
 from daemon_helpers import build_model_dir, reference_embedding
+from search_helpers import (
+    KEY,
+    UPLOAD_LIMIT,
+    assert_same_ranking,
+    get_json,
+    media_id,
+    ranked,
+)
+from search_helpers import post_form as post_search
 
 from avindex.daemon.encoder import Encoder
 from avindex.daemon.media import decode_media
 from avindex.daemon.model_dir import load_model_dir
 from avindex.daemon.search import Searcher, SearchError
 from avindex.daemon.sink import point_id
-from avindex.tools.search import post_search
-
-N = 40
-UPLOAD_LIMIT = 400_000
 
 
-class Index:
-    def __init__(self, daemon: DaemonThread, url: str, clips: list[Path], model_dir: Path,
-                 settings) -> None:
-        self.daemon, self.url, self.clips, self.model_dir = daemon, url, clips, model_dir
-        self.settings = settings
-        model = load_model_dir(model_dir)
-        self.specs = model.visual_spec(), model.audio_spec()
-        self.vectors: dict[str, dict[str, np.ndarray]] = {}
-        for i, clip in enumerate(clips):
-            decoded = decode_media(clip, *self.specs)
-            self.vectors[media_id(i)] = self.embed(decoded)
-
-    def embed(self, decoded) -> dict[str, np.ndarray]:
-        out = {}
-        if decoded.frames is not None:
-            out["visual"] = reference_embedding("visual", decoded.frames)[0]
-        if decoded.audio is not None:
-            out["audio"] = reference_embedding("audio", decoded.audio)[0]
-        return out
-
-    def expected(self, query: np.ndarray, target: str, k: int, keep=lambda i: True) -> list:
-        """(media id, cosine) best first, by brute force over the indexed vectors."""
-        q = query / np.linalg.norm(query)
-        scored = [(mid, float(q @ (v[target] / np.linalg.norm(v[target]))))
-                  for mid, v in self.vectors.items()
-                  if target in v and keep(int(mid.split("-")[1]))]
-        return sorted(scored, key=lambda t: -t[1])[:k]
-
-
-def media_id(i: int) -> str:
-    return f"search-{i:03d}"
-
-
-@pytest.fixture(scope="module")
-def index(broker, model_dir, clips, media_root):
-    chosen = clips[:N]
-    # Clip 0 goes in through a symlink inside the allowed root (re-pointed by a test later).
-    link = media_root / "search-link.mp4"
-    if not link.exists():
-        link.symlink_to(chosen[0])
-    names = {"topic": f"search-{time.monotonic_ns() % 10**8}", "group": "g-search",
-             "dlq": "search-dlq"}
-    broker.create_topic(names["topic"], partitions=2)
-    settings = settings_for(model_dir, broker.bootstrap, names["topic"], group=names["group"],
-                            dlq=names["dlq"], media={"allowed_roots": [str(media_root)]},
-                            http={"max_upload_bytes": UPLOAD_LIMIT, "search_concurrency": 1,
-                                  "max_top_k": 50})
-    messages = []
-    for i, clip in enumerate(chosen):
-        uri = f"file://{link}" if i == 0 else f"file://{clip}"
-        envelope = {"id": media_id(i), "uri": uri,
-                    "metadata": {"n": i, "parity": "even" if i % 2 == 0 else "odd"}}
-        messages.append((media_id(i).encode(), json.dumps(envelope).encode(),
-                         [("content-type", b"application/json")]))
-    daemon = DaemonThread(settings, None).start()
-    url = f"http://127.0.0.1:{daemon.daemon.http_port}"
-    produce(broker.bootstrap, names["topic"], messages)
-    wait_for(lambda: get_json(url, "/info")[1].get("points") == N, 60, what="40 points")
-    yield Index(daemon, url, chosen, model_dir, settings)
-    assert daemon.stop() == 0
-
-
-def get_json(url: str, path: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url + path, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def ranked(answer: dict) -> list[tuple[str, float]]:
-    return [(h["media_id"], h["score"]) for h in answer["results"]]
-
-
-def assert_same_ranking(answer: dict, expected: list) -> None:
-    got = ranked(answer)
-    assert [m for m, _ in got] == [m for m, _ in expected]
-    np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], atol=1e-4)
+@pytest.fixture
+def index(search_index):
+    return search_index
 
 
 # ------------------------------------------------------------------------------ POST /search
@@ -203,47 +133,52 @@ def raw_request(url: str, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
     return int(data.split(b" ", 2)[1]), data.split(b"\r\n\r\n", 1)[1]
 
 
+AUTH = f"Authorization: Bearer {KEY}\r\n".encode()
+
+
 def test_protocol_errors(index):
-    status, body = raw_request(index.url, b"POST /search HTTP/1.1\r\nHost: x\r\n"
+    status, body = raw_request(index.url, b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\n" + AUTH +
                                b"Content-Type: text/plain\r\nContent-Length: 2\r\n"
                                b"Connection: close\r\n\r\n", b"hi")
     assert status == 415 and json.loads(body)["error"] == "unsupported_media_type"
-    status, body = raw_request(index.url, b"POST /search HTTP/1.1\r\nHost: x\r\n"
+    status, body = raw_request(index.url, b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\n" + AUTH +
                                b"Content-Type: multipart/form-data; boundary=b\r\n"
                                b"Connection: close\r\n\r\n")
     assert status == 411
-    status, body = raw_request(index.url, b"POST /search HTTP/1.1\r\nHost: x\r\n"
+    status, body = raw_request(index.url, b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\n" + AUTH +
                                b"Content-Type: multipart/form-data; boundary=b\r\n"
                                b"Content-Length: 11\r\nConnection: close\r\n\r\n",
                                b"--b\r\njunk\r\n")
     assert status == 400 and "malformed" in json.loads(body)["message"]
-    status, body = raw_request(index.url, b"GET /search HTTP/1.1\r\nHost: x\r\n"
+    status, body = raw_request(index.url, b"GET /search HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                b"Connection: close\r\n\r\n")
     assert status == 405
 
 
-def test_a_search_beyond_the_concurrency_limit_gets_503_overloaded(index):
-    """search_concurrency=1: a slow upload holds the only slot; the next search is refused at
-    once, and the slow one still completes afterwards. Indexing is not involved at all."""
-    host, port = index.url.removeprefix("http://").split(":")
-    body = (b"--b\r\nContent-Disposition: form-data; name=\"id\"\r\n\r\n" + media_id(1).encode()
-            + b"\r\n--b--\r\n")
-    slow = socket.create_connection((host, int(port)), timeout=20)
+def test_a_search_beyond_the_concurrency_limit_gets_503_overloaded(index, media_server):
+    """search_concurrency=1: a search whose query media come slowly from an allowed host holds
+    the only slot; the next search is refused at once, and the slow one still completes.
+    Indexing is not involved at all. (A slow *upload* holds no slot: the hardening tests.)"""
+    import threading
+
+    from search_helpers import post_json
+
+    slow_query = {"query": {"uri": f"http://{media_server}/slow/3/synthetic/clip003.mp4",
+                            "kind": "video"}, "limit": 3}
+    answers: list = []
+    slow = threading.Thread(target=lambda: answers.append(
+        post_json(index.url, "/v1/search", slow_query)))
+    slow.start()
     try:
-        slow.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                     b"Content-Type: multipart/form-data; boundary=b\r\n"
-                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:10])
-        time.sleep(0.5)
+        time.sleep(1.0)
+        started = time.monotonic()
         status, answer = post_search(index.url, media_id=media_id(2))
         assert (status, answer["error"]) == (503, "overloaded")
-        slow.sendall(body[10:])
-        data = b""
-        while chunk := slow.recv(65536):
-            data += chunk
-        assert data.startswith(b"HTTP/1.1 200")
-        assert json.loads(data.split(b"\r\n\r\n", 1)[1])["results"]
+        assert time.monotonic() - started < 1.0  # refused at once, not queued
     finally:
-        slow.close()
+        slow.join(30)
+    (status, answer), = answers
+    assert status == 200 and answer["results"], answer
     assert post_search(index.url, media_id=media_id(2))[0] == 200
     metrics = index.daemon.daemon.metrics.registry
     assert metrics.get_sample_value("avindex_search_requests_total",
@@ -263,39 +198,52 @@ def test_collection_of_another_model_version_is_refused(index, tmp_path):
 
 
 # ------------------------------------------------------------------------------- media, docs
+def authorized(url: str, **headers: str) -> urllib.request.Request:
+    return urllib.request.Request(url, headers={"Authorization": f"Bearer {KEY}", **headers})
+
+
 def test_media_endpoint_serves_indexed_files_with_ranges_and_no_escape(index, media_root):
     pid = point_id(media_id(5))
-    with urllib.request.urlopen(f"{index.url}/media/{pid}", timeout=10) as r:
-        assert r.read() == index.clips[5].read_bytes()
-        assert r.headers["Content-Type"] == "video/mp4"
-    request = urllib.request.Request(f"{index.url}/media/{pid}", headers={"Range": "bytes=10-19"})
+    for path in (f"/v1/media/{pid}", f"/media/{pid}"):  # versioned and unversioned
+        with urllib.request.urlopen(authorized(index.url + path), timeout=10) as r:
+            assert r.read() == index.clips[5].read_bytes()
+            assert r.headers["Content-Type"] == "video/mp4"
+    request = authorized(f"{index.url}/media/{pid}", Range="bytes=10-19")
     with urllib.request.urlopen(request, timeout=10) as r:
         assert r.status == 206 and r.read() == index.clips[5].read_bytes()[10:20]
     for path in ("/media/" + point_id("never-indexed"), "/media/..%2F..%2Fetc%2Fpasswd",
                  "/media/../../etc/passwd"):
         with pytest.raises(urllib.error.HTTPError) as info:
-            urllib.request.urlopen(index.url + path, timeout=10)
+            urllib.request.urlopen(authorized(index.url + path), timeout=10)
         assert info.value.code == 404
     # the allowed roots are checked again on every request: a link re-pointed outside is refused
     link = media_root / "search-link.mp4"
     link.unlink()
     link.symlink_to("/etc/hostname")
-    with pytest.raises(urllib.error.HTTPError) as info:
-        urllib.request.urlopen(f"{index.url}/media/{point_id(media_id(0))}", timeout=10)
-    assert info.value.code == 403 and json.loads(info.value.read())["error"] == "uri_not_allowed"
+    try:
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(authorized(f"{index.url}/media/{point_id(media_id(0))}"),
+                                   timeout=10)
+        assert info.value.code == 403
+        assert json.loads(info.value.read())["error"] == "uri_not_allowed"
+    finally:
+        link.unlink()
+        link.symlink_to(index.clips[0])
 
 
 def test_openapi_document_is_valid_and_lists_the_endpoints(index):
     from openapi_spec_validator import validate
 
-    status, doc = get_json(index.url, "/openapi.json")
+    status, doc = get_json(index.url, "/openapi.json", key=None)  # open, like the page
     assert status == 200
     validate(doc)
     assert doc["openapi"].startswith("3.")
-    endpoints = {"/search", "/info", "/media/{id}", "/healthz", "/readyz", "/metrics", "/"}
+    endpoints = {"/search", "/info", "/media/{id}", "/healthz", "/readyz", "/metrics", "/",
+                 "/v1/search", "/v1/search/batch", "/v1/info", "/v1/media/{id}"}
     assert endpoints <= set(doc["paths"])
     form = doc["components"]["schemas"]["SearchForm"]["properties"]
     assert form["top_k"]["maximum"] == 50  # the configured limit, not a copy
+    assert doc["components"]["schemas"]["SearchRequest"]["properties"]["limit"]["maximum"] == 50
     assert set(doc["paths"]["/search"]["post"]["responses"]) >= {"200", "400", "413", "422", "503"}
 
 
@@ -310,6 +258,7 @@ def test_probes_still_answer(index):
 
 # ------------------------------------------------------------------------------------- CLI
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`avindex search` as a process (the key from --api-key or the --config file)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AVINDEX_")}
     return subprocess.run([sys.executable, "-m", "avindex.tools.cli", "search", *args],
                           capture_output=True, text=True, timeout=timeout, env=env)
@@ -317,15 +266,18 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def test_cli_search_through_the_daemon(index, tmp_path):
     clip = index.clips[11]
-    done = run_cli("--daemon", index.url, "--audio", str(clip), "--top-k", "5", "--json")
+    done = run_cli("--daemon", index.url, "--api-key", KEY, "--audio", str(clip), "--top-k", "5",
+                   "--json")
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     query = index.embed(decode_media(clip, *index.specs))["audio"]
     assert_same_ranking(answer, index.expected(query, "visual", 5))
     # the daemon's config file (local storage) routes the CLI to the daemon's port
-    settings = index.settings
+    import copy
+
+    settings = copy.deepcopy(index.settings)
     settings.http.port = int(index.url.rsplit(":", 1)[1])
-    config = settings_file(settings, tmp_path / "daemon.yaml")
+    config = settings_file(settings, tmp_path / "daemon.yaml")  # with http.api_keys
     done = run_cli("--config", str(config), "--video", str(clip), "--by", "audio",
                    "--top-k", "3", "--filter", "metadata.parity=even")
     assert done.returncode == 0, done.stderr
@@ -333,8 +285,10 @@ def test_cli_search_through_the_daemon(index, tmp_path):
     assert lines[0].startswith("video query by audio -> visual vectors")
     expected = index.expected(query, "visual", 3, keep=lambda i: i % 2 == 0)
     assert [line.split()[2] for line in lines[1:]] == [m for m, _ in expected]
-    done = run_cli("--daemon", index.url, "--audio", str(index.clips[9]))
+    done = run_cli("--daemon", index.url, "--api-key", KEY, "--audio", str(index.clips[9]))
     assert done.returncode == 1 and "wrong_modality" in done.stderr
+    done = run_cli("--daemon", index.url, "--audio", str(clip))  # no key
+    assert done.returncode == 1 and "unauthorized" in done.stderr
     done = run_cli("--daemon", "http://127.0.0.1:9", "--audio", str(clip))
     assert done.returncode == 3 and "not reachable" in done.stderr
 
@@ -344,28 +298,44 @@ def upload_in_page(browser, panel: str, path: Path, player: str) -> list:
     """Choose a file in a panel's input; the results shown: (media id, score, player src)."""
     browser.set_file(f"#{panel}-file", path)
     browser.wait(f"document.body.dataset.{panel}Done", 60)
+    browser.wait(f"[...document.querySelectorAll('#{panel}-results {player}')]"
+                 ".every(p => p.src.startsWith('blob:'))", 30)  # fetched with the key
     return browser.evaluate(
         f"[...document.querySelectorAll('#{panel}-results li')].map(li => "
         f"[li.dataset.mediaId, Number(li.dataset.score), li.querySelector('{player}')?.src])")
 
 
 def test_web_page_in_headless_chromium(index, tmp_path):
-    """Upload a sound and see the matching videos (playable), upload a video and get sounds,
-    record with a (fake) microphone; results equal what POST /search answers."""
+    """With an API key set: the page asks for the key once and keeps it for the tab
+    (sessionStorage, never localStorage). Upload a sound and see the matching videos (playable,
+    fetched with the key), upload a video and get sounds, record with a (fake) microphone;
+    results equal what POST /search answers."""
     from cdp import Browser
 
     shots = Path(os.environ.get("AVINDEX_SCREENSHOT_DIR", tmp_path))
     browser = Browser(tmp_path / "profile")
     try:
         browser.goto(index.url + "/")
+        browser.wait("!document.getElementById('key-form').hidden")
+        assert "API key" in browser.evaluate("document.getElementById('info').textContent")
+        browser.screenshot(shots / "web-key.png")
+        for attempt in ("wrong-key-0123456789", KEY):  # a refused key asks again
+            browser.evaluate(f"document.getElementById('key').value = {json.dumps(attempt)}")
+            browser.evaluate("document.getElementById('key-form').requestSubmit()")
+            if attempt != KEY:
+                browser.wait("document.getElementById('key-message').textContent"
+                             ".includes('refused')")
         browser.wait("document.getElementById('info').textContent.includes('40 items')")
+        assert browser.evaluate("sessionStorage.getItem('avindex-api-key')") == KEY
+        assert browser.evaluate("localStorage.length") == 0
+        assert browser.evaluate("document.getElementById('key-form').hidden") is True
         # a sound finds videos (playable), a video's pictures find sounds
         for panel, clip, kind, player in (("sound", index.clips[7], "audio", "video"),
                                           ("video", index.clips[3], "video", "audio")):
             shown = upload_in_page(browser, panel, clip, player)
             _, answer = post_search(index.url, file=clip, kind=kind, top_k=8)
             assert [(m, s) for m, s, _ in shown] == ranked(answer)
-            assert all(src and "/media/" in src for _, _, src in shown)
+            assert all(src.startswith("blob:") for _, _, src in shown)
             ready = 2 if player == "video" else 1  # frames decoded / metadata loaded
             browser.wait(f"document.querySelector('#{panel}-results {player}').readyState "
                          f">= {ready}", 30)

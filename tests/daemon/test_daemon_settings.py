@@ -87,3 +87,19 @@ def test_reference_table_lists_every_field_and_docs_are_current():
             assert f"`AVINDEX_{section.upper()}_{name.upper()}`" in table
     doc = Path(__file__).resolve().parents[2] / "docs" / "daemon.md"
     assert table in doc.read_text(), "docs/daemon.md is stale: paste reference_markdown()"
+
+
+def test_api_keys_from_the_environment_and_a_file_masked_when_logged(tmp_path):
+    keys = tmp_path / "api-keys"
+    keys.write_text("# issued 2026-12\nfile-key-0123456789abc\n\nfile-key-2-0123456789\n")
+    env = {**BASE, "AVINDEX_HTTP_API_KEYS": "env-key-0123456789abcd,env-key-2-0123456789",
+           "AVINDEX_HTTP_API_KEYS_FILE": str(keys)}
+    s, _ = load_settings(None, env)
+    assert s.http.api_keys == ["env-key-0123456789abcd", "env-key-2-0123456789",
+                               "file-key-0123456789abc", "file-key-2-0123456789"]
+    assert s.redacted()["http"]["api_keys"] == "***" and "env-key" not in repr(s)
+    assert load_settings(None, BASE)[0].redacted()["http"]["api_keys"] == []
+    with pytest.raises(SettingsError, match=r"http\.api_keys"):
+        load_settings(None, {**BASE, "AVINDEX_HTTP_API_KEYS": "short"})
+    with pytest.raises(SettingsError, match="api_keys_file"):
+        load_settings(None, {**BASE, "AVINDEX_HTTP_API_KEYS_FILE": str(tmp_path / "none")})

@@ -1,8 +1,58 @@
-// avindex search page: uploads (or a recording) go to POST /search; hits play from /media/<id>.
-// Plain browser JavaScript, no build step.
+// avindex search page: uploads (or a recording) go to POST /v1/search; hits play from
+// /v1/media/<id>. Plain browser JavaScript, no build step. When the server wants an API key,
+// the page asks for it once and keeps it for this tab only (sessionStorage); it goes with every
+// API call as "Authorization: Bearer KEY", and media are then fetched with it into blob: URLs
+// (a <video src> cannot carry the header).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const KEY = "avindex-api-key";
+
+function apiKey() {
+  return sessionStorage.getItem(KEY);
+}
+
+function askForKey(message) {
+  $("key-form").hidden = false;
+  $("key-message").textContent = message;
+  $("key").focus();
+}
+
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const value = $("key").value.trim();
+  if (!value) return;
+  sessionStorage.setItem(KEY, value);
+  $("key").value = "";
+  $("key-form").hidden = true;
+  refreshInfo();
+});
+
+// fetch() with the key; a 401 asks for (another) key.
+async function api(path, options = {}) {
+  const headers = new Headers(options.headers || {});
+  const key = apiKey();
+  if (key) headers.set("Authorization", `Bearer ${key}`);
+  const response = await fetch(path, { ...options, headers });
+  if (response.status === 401) {
+    sessionStorage.removeItem(KEY);
+    askForKey(key ? "That API key was refused; enter another." :
+      "This server needs an API key.");
+  }
+  return response;
+}
+
+async function playMedia(player, id, playAs) {
+  const path = `/v1/media/${encodeURIComponent(id)}`;
+  const suffix = playAs === "video" ? "#t=0.1" : "";
+  if (!apiKey()) {
+    // "#t=0.1": the browser fetches enough to show a frame instead of a black box.
+    player.src = path + suffix;
+    return;
+  }
+  const response = await api(path);
+  if (response.ok) player.src = URL.createObjectURL(await response.blob()) + suffix;
+}
 
 function describe(payload) {
   const meta = payload.metadata || {};
@@ -22,8 +72,7 @@ function hitElement(hit, playAs) {
     const player = document.createElement(playAs);
     player.controls = true;
     player.preload = "metadata";
-    // "#t=0.1": the browser fetches enough to show a frame instead of a black box.
-    player.src = `/media/${encodeURIComponent(hit.id)}${playAs === "video" ? "#t=0.1" : ""}`;
+    playMedia(player, hit.id, playAs);
     li.appendChild(player);
   } else {
     const missing = document.createElement("div");
@@ -70,7 +119,7 @@ async function search(panel, blob, filename, kind, by, playAs) {
     if (f.trim()) form.append("filter", f.trim());
   }
   try {
-    const response = await fetch("/search", { method: "POST", body: form });
+    const response = await api("/v1/search", { method: "POST", body: form });
     const answer = await response.json();
     if (!response.ok) {
       status.className = "status error";
@@ -144,7 +193,12 @@ $("record").addEventListener("click", async () => {
 
 async function refreshInfo() {
   try {
-    const info = await (await fetch("/info")).json();
+    const response = await api("/v1/info");
+    if (response.status === 401) {
+      $("info").textContent = "API key needed";
+      return;
+    }
+    const info = await response.json();
     $("info").textContent = info.ready
       ? `model ${info.model_id} (${info.model_version}) · collection ${info.collection} · ` +
         `${info.points} items indexed`
