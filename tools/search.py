@@ -1,12 +1,15 @@
 """`avindex search`: which videos fit this sound, which sounds fit this video or image.
 
-Two ways to answer, because Qdrant's local storage belongs to one process:
+Two ways to answer:
 
-- through a running daemon (`--daemon URL`, or the daemon of `--config` when it uses local
-  storage, or http://127.0.0.1:8080): POST /search uploads the file, the daemon embeds it;
-- straight against a Qdrant server (`--qdrant-url`, or `qdrant.url` of `--config`/AVINDEX_*),
-  or local storage that no daemon holds (`--qdrant-path`): the file is embedded here with
-  `--model` (or `model.dir`), which must be the model version the collection was built with.
+- straight from the store: a Qdrant server (`--qdrant-url`, or `qdrant.url` of
+  `--config`/AVINDEX_*) or a Qdrant Edge folder (`--qdrant-path`, or `qdrant.path`); the file is
+  embedded here with `--model` (or `model.dir`), which must be the model version the collection
+  was built with. An Edge folder belongs to one process: when a running daemon holds it, the
+  CLI says so and asks that daemon instead (its port from `--config`, else `--daemon`, else
+  http://127.0.0.1:8080);
+- through a running daemon (`--daemon URL`, or when no store is named): POST /search uploads
+  the file, the daemon embeds it.
 
 Prints a ranked table (score, media id, producer metadata), or the JSON answer with `--json`.
 """
@@ -50,13 +53,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "(e.g. metadata.label=7, modalities=visual)")
     parser.add_argument("--json", action="store_true", help="print the JSON answer")
     parser.add_argument("--daemon", metavar="URL",
-                        help=f"ask this running daemon (default for local storage: "
+                        help=f"ask this running daemon (default when no store is named: "
                         f"{DEFAULT_DAEMON} or the port of --config)")
     parser.add_argument("--qdrant-url", metavar="URL",
                         help="query this Qdrant server directly (needs --model)")
     parser.add_argument("--qdrant-path", metavar="DIR",
-                        help="query Qdrant local storage directly (only while no daemon holds "
-                        "it, e.g. after `avindex demo --state DIR`; needs --model)")
+                        help="query a Qdrant Edge folder directly (e.g. `avindex demo --state "
+                        "DIR` keeps one in DIR/qdrant; needs --model); when a running daemon "
+                        "holds it, the daemon is asked instead")
     parser.add_argument("--model", metavar="MODEL_DIR",
                         help="model directory for direct queries (default: model.dir)")
     parser.add_argument("--collection", metavar="NAME",
@@ -74,10 +78,13 @@ def _settings(args: argparse.Namespace) -> Settings | None:
     environ = {**os.environ, **overrides}
     if not (args.config or any(k.startswith("AVINDEX_") for k in environ)):
         return None
-    if args.qdrant_url:  # the flag replaces whatever target the environment names
+    if args.qdrant_url or args.qdrant_path:  # the flag replaces the environment's target
         environ = {k: v for k, v in environ.items()
-                   if k not in ("AVINDEX_QDRANT_PATH", "AVINDEX_QDRANT_LOCATION")}
-        environ["AVINDEX_QDRANT_URL"] = args.qdrant_url
+                   if k not in ("AVINDEX_QDRANT_PATH", "AVINDEX_QDRANT_URL")}
+        if args.qdrant_url:
+            environ["AVINDEX_QDRANT_URL"] = args.qdrant_url
+        else:
+            environ["AVINDEX_QDRANT_PATH"] = args.qdrant_path
     settings, _ = load_settings(args.config, environ)
     return settings
 
@@ -130,17 +137,20 @@ def post_search(url: str, *, file: Path | None = None, data: bytes | None = None
 
 
 def _direct(args: argparse.Namespace, settings: Settings | None, kind: str | None,
-            path: Path | None) -> tuple[int, dict]:
-    """Embed here and query Qdrant directly (a server, or local storage no daemon holds)."""
+            path: Path | None) -> tuple[int, dict] | None:
+    """Embed here and query the store directly (a server, or an Edge folder). None when the
+    Edge folder is held by a running daemon: then ask the daemon."""
     from avindex.daemon.encoder import Encoder
     from avindex.daemon.model_dir import ModelDirError, load_model_dir
     from avindex.daemon.search import Options, Searcher, SearchError
-    from avindex.daemon.sink import make_client
+    from avindex.daemon.sink import CollectionMismatchError, StoreBusyError, open_store
 
-    if args.qdrant_path:
+    if settings is not None:
+        qdrant = settings.qdrant
+    elif args.qdrant_path:
         qdrant = QdrantSettings(path=args.qdrant_path)
     else:
-        qdrant = settings.qdrant if settings else QdrantSettings(url=args.qdrant_url)
+        qdrant = QdrantSettings(url=args.qdrant_url)
     model_dir = args.model or (settings.model.dir if settings else None)
     if not model_dir:
         return 2, {"error": "bad_request", "message": "direct queries need --model MODEL_DIR "
@@ -149,23 +159,30 @@ def _direct(args: argparse.Namespace, settings: Settings | None, kind: str | Non
         model = load_model_dir(model_dir)
     except ModelDirError as exc:
         return 2, {"error": "bad_request", "message": str(exc)}
+    if qdrant.path and not Path(qdrant.path).is_dir():
+        return 2, {"error": "bad_request", "message": f"no Qdrant Edge folder at {qdrant.path}"}
     try:
-        client = make_client(qdrant)
-    except RuntimeError as exc:  # local storage held by a running daemon
-        return 2, {"error": "bad_request", "message": f"{exc} (ask that daemon: --daemon URL)"}
+        store = open_store(qdrant)
+    except CollectionMismatchError as exc:
+        return 2, {"error": "bad_request", "message": str(exc)}
     try:
-        searcher = Searcher(client, model, Encoder(model, device="cpu", max_batch=1),
+        searcher = Searcher(store, model, Encoder(model, device="cpu", max_batch=1),
                             args.collection or qdrant.alias)
+        store.count(searcher.collection)  # Edge: opens the shard (fails when a daemon has it)
         options = Options(top_k=args.top_k, filters=tuple(args.filter))
         if path is not None:
             if not path.is_file():
                 return 2, {"error": "no_file", "message": f"no such file: {path}"}
             return 200, searcher.search_media(path, kind, args.by, options)
         return 200, searcher.search_id(args.id, args.by, options)
+    except StoreBusyError as exc:
+        print(f"avindex search: {exc}: a running daemon holds it, asking that daemon",
+              file=sys.stderr)
+        return None
     except SearchError as exc:
         return exc.status, {"error": exc.code, "message": str(exc)}
     finally:
-        client.close()
+        store.close()
 
 
 def format_results(answer: dict[str, Any]) -> str:
@@ -183,15 +200,16 @@ def format_results(answer: dict[str, Any]) -> str:
 def main(args: argparse.Namespace) -> int:
     kind, path = _query(args)
     try:
-        settings = None if args.daemon or args.qdrant_path else _settings(args)
+        named = args.qdrant_url or args.qdrant_path
+        settings = None if args.daemon and not named else _settings(args)
     except SettingsError as exc:
         print(f"avindex search: {exc}", file=sys.stderr)
         return 2
-    direct = not args.daemon and (args.qdrant_url or args.qdrant_path
-                                  or (settings and settings.qdrant.url))
-    if direct:
-        status, answer = _direct(args, settings, kind, path)
-    else:
+    answer: tuple[int, dict] | None = None
+    if named or (not args.daemon and settings
+                 and (settings.qdrant.url or settings.qdrant.path)):
+        answer = _direct(args, settings, kind, path)
+    if answer is None:
         url = args.daemon or DEFAULT_DAEMON
         if settings is not None and not args.daemon:
             host = settings.http.host if settings.http.host not in ("0.0.0.0", "::") \
@@ -201,15 +219,16 @@ def main(args: argparse.Namespace) -> int:
             print(f"avindex search: no such file: {path}", file=sys.stderr)
             return 2
         try:
-            status, answer = post_search(url, file=path, kind=kind, media_id=args.id, by=args.by,
-                                         top_k=args.top_k, filters=args.filter,
-                                         timeout=args.timeout)
+            answer = post_search(url, file=path, kind=kind, media_id=args.id, by=args.by,
+                                 top_k=args.top_k, filters=args.filter, timeout=args.timeout)
         except OSError as exc:
             print(f"avindex search: the daemon at {url} is not reachable ({exc}); start "
-                  "`avindex run` or give --daemon URL / --qdrant-url URL", file=sys.stderr)
+                  "`avindex run` or give --daemon URL / --qdrant-url URL / --qdrant-path DIR",
+                  file=sys.stderr)
             return 3
+    status, body = answer
     if status != 200:
-        print(f"avindex search: {answer.get('error')}: {answer.get('message')}", file=sys.stderr)
+        print(f"avindex search: {body.get('error')}: {body.get('message')}", file=sys.stderr)
         return 1 if status != 2 else 2
-    print(json.dumps(answer, indent=1) if args.json else format_results(answer))
+    print(json.dumps(body, indent=1) if args.json else format_results(body))
     return 0

@@ -97,7 +97,7 @@ class HttpApi:
         limits = {"max_upload_bytes": self.http.max_upload_bytes, "max_top_k": self.http.max_top_k}
         if s is None:
             return Response.json(503, {"ready": False, "limits": limits})
-        points = s.client.count(s.collection, exact=True).count
+        points = s.store.count(s.collection)
         return Response.json(200, {
             "ready": True, "model_id": s.model.model_id, "model_version": s.model_version,
             "collection": s.collection, "points": points, "modalities": list(s.model.graphs),
