@@ -82,7 +82,7 @@ def daemon_settings(args, model: Path, bootstrap: str, topic: str,
     k.group_id, k.dead_letter_topic = f"avindex-{uuid.uuid4().hex[:8]}", f"{topic}.dlq"
     k.session_timeout_ms, k.heartbeat_interval_ms = 6000, 1000  # Tansu joins faster
     s.media.decode_workers = args.decode_workers
-    s.qdrant.location = ":memory:"  # replaced by the client passed in
+    s.qdrant.url = "http://injected.invalid:6333"  # never used: the client passed in is
     s.http.host, s.http.port = "127.0.0.1", 0
     s.log.level, s.log.format = "WARNING", "text"
     s.validate()

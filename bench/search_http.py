@@ -55,10 +55,10 @@ def serve(side: str, model_path: str, port_file: str) -> None:
     from avindex.daemon.search import Searcher
     from avindex.daemon.settings import Settings
 
-    try:  # where the layout change put it; the old tree has it in search.py
-        from avindex.daemon.sink import SerialClient
+    try:  # the current tree searches a VectorStore; the old one a (serialised) client
+        from avindex.daemon.store_server import ServerStore as wrap
     except ImportError:
-        from avindex.daemon.search import SerialClient
+        from avindex.daemon.search import SerialClient as wrap
 
     model = load_model_dir(model_path)
     client = QdrantClient(location=":memory:")
@@ -80,7 +80,7 @@ def serve(side: str, model_path: str, port_file: str) -> None:
     settings.http.max_upload_bytes = 64 << 20
     encoder = Encoder(model, device="cpu", max_batch=1)
     encoder.warm_up()
-    searcher = Searcher(SerialClient(client), model, encoder, collection)
+    searcher = Searcher(wrap(client), model, encoder, collection)
     health, metrics = Health(), Metrics()
     if side == "old":
         from avindex.daemon.http_api import HttpApi

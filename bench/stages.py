@@ -215,9 +215,12 @@ def make_sink(model: ModelDir, location: str | None = None, path: str | None = N
               client: Any = None) -> QdrantSink:
     from qdrant_client import QdrantClient
 
+    from avindex.daemon.store_server import ServerStore
+
     client = client or (QdrantClient(path=path) if path else QdrantClient(location=location))
-    sink = QdrantSink(client, model_version=model.model_version, embedding_dim=model.embedding_dim,
-                      distance=model.distance, modalities=list(model.graphs))
+    sink = QdrantSink(ServerStore(client), model_version=model.model_version,
+                      embedding_dim=model.embedding_dim, distance=model.distance,
+                      modalities=list(model.graphs))
     sink.connect()
     return sink
 

@@ -38,14 +38,9 @@ from avindex.daemon.retry import Aborted, Backoff, retry
 from avindex.daemon.runner import Runner
 from avindex.daemon.search import Searcher
 from avindex.daemon.settings import MediaSettings, Settings, SettingsError
-from avindex.daemon.sink import (
-    CollectionMismatchError,
-    QdrantSink,
-    SerialClient,
-    is_transient,
-    make_client,
-)
+from avindex.daemon.sink import CollectionMismatchError, QdrantSink, StoreBusyError, open_store
 from avindex.daemon.source import KafkaSource
+from avindex.daemon.store import VectorStore
 
 __all__ = [
     "EXIT_CONFIG",
@@ -82,26 +77,27 @@ def decode_limits(media: MediaSettings, *, max_bytes: int,
                         max_decoded_frames=media.max_decoded_frames, allowed_codecs=codecs)
 
 
-def searcher_for(settings: Settings, client: Any, model, encoder: Encoder,
+def searcher_for(settings: Settings, store: VectorStore, model, encoder: Encoder,
                  collection: str) -> Searcher:
     """A Searcher under the settings' limits: queries decode like media (size cap:
     `http.max_upload_bytes`), with `png` and `mjpeg` added for still images."""
     limits = decode_limits(settings.media, max_bytes=settings.http.max_upload_bytes,
                            extra_codecs=frozenset({"png", "mjpeg"}))
-    return Searcher(client, model, encoder, collection, limits=limits,
+    return Searcher(store, model, encoder, collection, limits=limits,
                     max_top_k=settings.http.max_top_k)
 
 
 class Daemon:
     """One indexing daemon. `run()` blocks; `request_stop()` is what a signal does.
 
-    `qdrant_client` lets tests share one local-mode client between daemons or put a fault
-    injector in front of it; production builds its client from the settings. `completion`
-    ends the run by itself (`avindex reindex`); without one it runs until stopped.
+    `store` lets tests and benchmarks share one vector store between daemons or put a fault
+    injector in front of it (`qdrant_client` wraps a qdrant-client `QdrantClient` as the
+    server engine); production opens the engine the settings name. `completion` ends the run
+    by itself (`avindex reindex`); without one it runs until stopped.
     """
 
-    def __init__(self, settings: Settings, *, qdrant_client: Any = None,
-                 completion: CompletionPolicy | None = None) -> None:
+    def __init__(self, settings: Settings, *, store: VectorStore | None = None,
+                 qdrant_client: Any = None, completion: CompletionPolicy | None = None) -> None:
         self.settings = settings
         self.completion = completion
         self.stop = threading.Event()
@@ -109,7 +105,11 @@ class Daemon:
         self.health = Health(stale_s=settings.http.health_stale_s,
                              max_in_flight_age_s=settings.pipeline.max_in_flight_age_s)
         self.metrics = Metrics()
-        self._qdrant_client = qdrant_client
+        if store is None and qdrant_client is not None:
+            from avindex.daemon.store_server import ServerStore
+
+            store = ServerStore(qdrant_client)
+        self._store = store
         self.http: HttpServer | None = None
         self.api: Api | None = None
         self.runner: Runner | None = None
@@ -181,26 +181,35 @@ class Daemon:
 
         self._check_stop()
         self.health.set(stage="qdrant")
-        client = self._qdrant_client or make_client(s.qdrant)
-        if not s.qdrant.url:  # local mode is not thread-safe: searches share it with the sink
-            client = SerialClient(client)
+        store = self._store or open_store(s.qdrant)
         self.sink = sink = QdrantSink(
-            client, model_version=model.model_version, embedding_dim=model.embedding_dim,
+            store, model_version=model.model_version, embedding_dim=model.embedding_dim,
             distance=model.distance, modalities=list(model.graphs),
             collection_prefix=s.qdrant.collection_prefix, alias=s.qdrant.alias,
-            alias_policy=s.qdrant.alias_policy, shard_number=s.qdrant.shard_number,
-            replication_factor=s.qdrant.replication_factor)
-        if self._qdrant_client is None:
+            alias_policy=s.qdrant.alias_policy, payload_indexes=s.qdrant.payload_indexes,
+            shard_number=s.qdrant.shard_number, replication_factor=s.qdrant.replication_factor)
+        if self._store is None:
             closers.append(sink.close)
+
+        def refused(exc: BaseException) -> bool:
+            if isinstance(exc, CollectionMismatchError | StoreBusyError):
+                return True
+            is_refusal = getattr(store, "is_refusal", None)
+            return bool(is_refusal and is_refusal(exc))
+
         try:
-            self._until_reachable("Qdrant", self._qdrant_target(), sink.connect, is_transient)
+            self._until_reachable("Qdrant", store.target, sink.connect,
+                                  lambda exc: not refused(exc))
         except (Aborted, StartupTimeoutError, CollectionMismatchError):
             raise
+        except StoreBusyError as exc:
+            raise ConfigurationError(f"{exc}; stop the other process, or use a Qdrant server "
+                                     "(qdrant.url) to run several daemons") from exc
         except Exception as exc:  # answered, but refused: wrong API key, forbidden, bad request
-            raise ConfigurationError(f"Qdrant at {self._qdrant_target()} refused the collection "
+            raise ConfigurationError(f"Qdrant at {store.target} refused the collection "
                                      f"bootstrap: {type(exc).__name__}: {exc}") from exc
         self.health.set(qdrant_ok=True, qdrant_error=None)
-        self._attach_search(client, model, encoder, sink.collection)
+        self._attach_search(store, model, encoder, sink.collection)
 
         self._check_stop()
         self.health.set(stage="kafka")
@@ -218,7 +227,8 @@ class Daemon:
             decode_workers=s.media.decode_workers, max_batch=s.model.max_batch,
             batch_max_wait_s=s.pipeline.batch_max_wait_ms / 1000,
             backoff=self._backoff(), metadata_max_bytes=s.media.metadata_max_bytes,
-            dead_letter_failures_unready=s.kafka.dead_letter_failures_unready)
+            dead_letter_failures_unready=s.kafka.dead_letter_failures_unready,
+            tombstones=s.kafka.tombstones)
         quarantine = self._quarantine(closers)
         source = KafkaSource(s.kafka)
         self.runner = runner = Runner(s, source, pipeline, acks, self.metrics, self.health,
@@ -262,12 +272,13 @@ class Daemon:
         return Quarantine(store, after_crashes=k.poison_after_crashes,
                           window=k.max_in_flight_per_partition)
 
-    def _attach_search(self, client: Any, model, encoder: Encoder, collection: str) -> None:
+    def _attach_search(self, store: VectorStore, model, encoder: Encoder,
+                       collection: str) -> None:
         """Searches are answered from now on, with this model against its own collection."""
         if self.api is None:
             return
         try:
-            self.api.attach(searcher_for(self.settings, client, model, encoder, collection))
+            self.api.attach(searcher_for(self.settings, store, model, encoder, collection))
         except Exception as exc:  # search is a service on the side: indexing goes on
             log.error("search disabled: %s: %s", type(exc).__name__, exc)
 
@@ -277,10 +288,6 @@ class Daemon:
 
     def _backoff(self) -> Backoff:
         return Backoff(self.settings.pipeline.retry_initial_s, self.settings.pipeline.retry_max_s)
-
-    def _qdrant_target(self) -> str:
-        q = self.settings.qdrant
-        return q.url or (f"path {q.path}" if q.path else f"location {q.location}")
 
     def _until_reachable(self, name: str, target: str, call: Callable[[], None],
                          transient: Callable[[BaseException], bool]) -> None:

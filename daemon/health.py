@@ -1,10 +1,12 @@
 """What /healthz and /readyz report, gathered in one place that every part updates.
 
 Healthy (liveness): the main loop turned recently, no pipeline thread died, the last inference
-and the last upsert worked, and no message has been stuck in a fetch, decode or inference for
-longer than allowed (messages waiting on Qdrant or on the dead-letter topic do not count: that
-is an outage, which readiness reports). Ready: warmed up, Qdrant, the broker and the dead-letter
-topic reachable, and not shutting down. Both answers come with the details that explain them.
+worked, and no message has been stuck in a fetch, decode or inference for longer than allowed
+(messages waiting on the vector store or on the dead-letter topic do not count: that is an
+outage, which readiness reports). Only the process's own state: an outage of the vector store
+or the broker never gets the process restarted (it would not help). Ready: warmed up, the vector
+store, the broker and the dead-letter topic reachable, and not shutting down. Both answers come
+with the details that explain them.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class Health:
         stuck = (self.max_in_flight_age_s > 0
                  and s["oldest_active_age_s"] > self.max_in_flight_age_s)
         ok = (s["loop_age_s"] < self.stale_s and s["crashed"] is None and not stuck
-              and s["last_inference_ok"] is not False and s["last_upsert_ok"] is not False)
+              and s["last_inference_ok"] is not False)
         return ok, s
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Fetcher", "ItemError", "MediaRequest", "Record", "parse_record"]
+__all__ = ["Fetcher", "ItemError", "MediaRequest", "Record", "parse_record", "tombstone_id"]
 
 MAX_ID_LENGTH = 1024
 ENVELOPE_TYPES = ("application/json", "application/vnd.avindex.envelope+json")
@@ -114,6 +114,11 @@ def _key_text(record: Record) -> str | None:
         return record.key.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _bad("missing_id", "message key (the media id) is not UTF-8") from exc
+
+
+def tombstone_id(record: Record) -> str:
+    """The media id a tombstone (a key and a null value) deletes; its key is required."""
+    return _check_id(_key_text(record), "a tombstone's key (the media id to delete)")
 
 
 def parse_record(record: Record, metadata_max_bytes: int = 65536) -> MediaRequest:

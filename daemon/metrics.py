@@ -28,6 +28,9 @@ class Metrics:
                                 ["topic"], registry=r)
         self.indexed = Counter(P + "messages_indexed", "Messages whose point Qdrant confirmed.",
                                ["topic"], registry=r)
+        self.deleted = Counter(P + "messages_deleted",
+                               "Tombstones whose point deletion the store confirmed.",
+                               ["topic"], registry=r)
         self.dead_lettered = Counter(
             P + "messages_dead_lettered", "Messages written to the dead-letter topic.",
             ["stage", "reason"], registry=r)
@@ -50,8 +53,12 @@ class Metrics:
                                            "One ONNX Runtime call (a batch of one modality).",
                                            ["modality"], buckets=LATENCY, registry=r)
         self.upsert_seconds = Histogram(P + "upsert_duration_seconds",
-                                        "One successful wait=true upsert.", buckets=LATENCY,
-                                        registry=r)
+                                        "One successful upsert (applied when it returns).",
+                                        buckets=LATENCY, registry=r)
+        self.flush_seconds = Histogram(P + "flush_duration_seconds",
+                                       "Making the store's writes durable before a commit "
+                                       "(Qdrant Edge; a no-op on a server).",
+                                       buckets=LATENCY, registry=r)
         self.end_to_end_seconds = Histogram(
             P + "end_to_end_latency_seconds",
             "From the Kafka message timestamp to the confirmed upsert.", buckets=END_TO_END,

@@ -8,12 +8,20 @@ Threads and queues (all bounded):
 - The encoder thread takes what piled up in the embed queue while it was busy (up to
   `model.max_batch`), embeds each modality in one padded call, and hands the batch on; the sink
   queue holds one batch, so the next batch is embedded while the previous one is upserted.
-- The sink thread upserts with `wait=True`, retrying transient Qdrant failures with capped
-  exponential back-off for as long as it takes (the runner pauses partitions meanwhile).
+- The sink thread upserts (applied when the call returns) and deletes. Only an error that
+  blames the points (`sink.is_invalid`) dead-letters them, one by one; every other failure is
+  an outage, retried with capped exponential back-off for as long as it lasts while `outage`
+  is set (the runner pauses every partition and readiness fails meanwhile).
 
-Every message ends exactly once in `on_done(token)`: after Qdrant confirmed its point, or after
-the broker confirmed its dead letter. On abort (shutdown deadline) work is dropped without
-`on_done`, so it is never committed and will be redelivered.
+Messages with the same key run one at a time, in the order they were submitted (the others
+wait in `_waiting`), so a tombstone after an upsert of the same media id deletes it, and a
+newer version of an item is never overwritten by an older one that decoded more slowly.
+Tombstones (a key and a null value) skip decoding and embedding and delete the key's point
+(`kafka.tombstones=delete`) or are dead-lettered (`dead_letter`).
+
+Every message ends exactly once in `on_done(token)`: after the store confirmed its point (or
+its deletion), or after the broker confirmed its dead letter. On abort (shutdown deadline) work
+is dropped without `on_done`, so it is never committed and will be redelivered.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +40,14 @@ import numpy as np
 
 from avindex.daemon.health import Health
 from avindex.daemon.media import DecodedMedia, DecodeLimits, MediaError, decode_media
-from avindex.daemon.messages import Fetcher, ItemError, MediaRequest, Record, parse_record
+from avindex.daemon.messages import (
+    Fetcher,
+    ItemError,
+    MediaRequest,
+    Record,
+    parse_record,
+    tombstone_id,
+)
 from avindex.daemon.metrics import Metrics
 from avindex.daemon.model_dir import ModelDir
 from avindex.daemon.offsets import Token
@@ -67,8 +83,10 @@ class Job:
     decoded: DecodedMedia | None = None
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     uncertainty: dict[str, float] = field(default_factory=dict)
+    delete: str | None = None  # a tombstone: the media id whose point goes
     finished: bool = False
     parked: bool = False  # waiting out an outage (Qdrant or the dead-letter topic)
+    queued_behind: bool = False  # waiting for an earlier message of the same key to finish
 
 
 class Pipeline:
@@ -94,6 +112,7 @@ class Pipeline:
         backoff: Backoff = Backoff(),  # noqa: B008 (frozen dataclass)
         metadata_max_bytes: int = 65536,
         dead_letter_failures_unready: int = 3,
+        tombstones: str = "delete",
     ) -> None:
         self.model, self.encoder, self.sink = model, encoder, sink
         self.dead_letters, self.fetcher, self.limits = dead_letters, fetcher, limits
@@ -102,6 +121,7 @@ class Pipeline:
         self.backoff, self.metadata_max_bytes = backoff, metadata_max_bytes
         self.dead_letter_failures_unready = dead_letter_failures_unready
         self._dead_letter_failures = 0  # in a row, over all threads (under _pending_lock)
+        self.tombstones = tombstones
         self.visual_spec, self.audio_spec = model.visual_spec(), model.audio_spec()
         # The runner keeps `pending` below its cap and submits at most one poll's worth more,
         # so put_nowait into a queue of intake_size (cap + one poll) cannot fail.
@@ -109,6 +129,10 @@ class Pipeline:
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._jobs: dict[int, Job] = {}  # unfinished, oldest first (dicts keep insertion order)
+        self._busy: set[bytes] = set()  # keys with a job in the stages
+        self._waiting: dict[bytes, deque[Job]] = {}  # later jobs of those keys, in order
+        self._keys_lock = threading.Lock()
+        self.outage = threading.Event()  # the store is failing: writes are being retried
         self._embed_q: queue.Queue[Job] = queue.Queue(maxsize=embed_queue)
         self._sink_q: queue.Queue[list[Job]] = queue.Queue(maxsize=1)
         self._abort = threading.Event()
@@ -130,7 +154,33 @@ class Pipeline:
         with self._pending_lock:
             self._pending += 1
             self._jobs[id(job)] = job
+        key = job.record.key
+        if key is not None:
+            with self._keys_lock:
+                if key in self._busy:
+                    job.queued_behind = True
+                    self._waiting.setdefault(key, deque()).append(job)
+                    return
+                self._busy.add(key)
         self._intake.put_nowait(job)
+
+    def _release(self, job: Job) -> None:
+        """The job's key is free again: start the next job of that key, if one waits. Every
+        waiting job is counted in `pending`, which the runner keeps below the intake's size,
+        so put_nowait cannot fail."""
+        key = job.record.key
+        if key is None:
+            return
+        with self._keys_lock:
+            waiting = self._waiting.get(key)
+            if not waiting:
+                self._busy.discard(key)
+                return
+            following = waiting.popleft()
+            if not waiting:
+                del self._waiting[key]
+            following.queued_behind = False
+        self._intake.put_nowait(following)
 
     @property
     def pending(self) -> int:
@@ -145,7 +195,7 @@ class Pipeline:
         now = time.monotonic()
         with self._pending_lock:
             for job in self._jobs.values():
-                if not (active_only and job.parked):
+                if not (active_only and (job.parked or job.queued_behind)):
                     return now - job.received_at
         return 0.0
 
@@ -188,6 +238,7 @@ class Pipeline:
         with self._pending_lock:
             self._pending -= 1
             self._jobs.pop(id(job), None)
+        self._release(job)
         self.on_done(job.token)
 
     def _dead_letter(self, job: Job, stage: str, reason: str, message: str,
@@ -245,6 +296,13 @@ class Pipeline:
             return False
         stage = "parse"  # where an unexpected error happened, for its dead letter
         try:
+            if job.record.value is None:  # a tombstone
+                media_id = tombstone_id(job.record)
+                if self.tombstones != "delete":
+                    raise ItemError("parse", "tombstone", f"tombstone for {media_id!r} "
+                                    "(kafka.tombstones=dead_letter)")
+                job.delete = media_id
+                return True
             job.request = parse_record(job.record, self.metadata_max_bytes)
             source: Any = job.request.data
             if job.request.uri is not None:
@@ -291,7 +349,8 @@ class Pipeline:
             now = time.monotonic()
             for job in batch:
                 self.metrics.queue_seconds.labels("embed").observe(now - job.queued_at)
-            alive = self._embed(batch)
+            deletes = [j for j in batch if j.delete is not None]
+            alive = self._embed([j for j in batch if j.delete is None]) + deletes
             if alive and not self._abort.is_set():
                 self._put(self._sink_q, alive)
 
@@ -414,7 +473,11 @@ class Pipeline:
                 jobs = self._sink_q.get(timeout=POLL_S)
             except queue.Empty:
                 continue
-            indexed = self._upsert(jobs, [self._point(j) for j in jobs])
+            writes = [j for j in jobs if j.delete is None]
+            indexed = self._upsert(writes, [self._point(j) for j in writes]) if writes else []
+            for job in self._delete([j for j in jobs if j.delete is not None]):
+                self.metrics.deleted.labels(job.record.topic).inc()
+                self._finish(job)
             now_ms = time.time() * 1000
             for job in indexed:
                 self.metrics.indexed.labels(job.record.topic).inc()
@@ -423,18 +486,31 @@ class Pipeline:
                         max(0.0, (now_ms - job.record.timestamp_ms) / 1000))
                 self._finish(job)
 
-    def _upsert(self, jobs: list[Job], points: list[Point]) -> list[Job]:
-        """Jobs whose points Qdrant confirmed; rejected points are dead-lettered one by one."""
+    def _on_outage(self, stage: str, jobs: list[Job]):
+        count = len(jobs)
 
         def on_failure(exc: BaseException, attempt: int, delay: float) -> None:
             for job in jobs:
                 job.parked = True
             reason = self.sink.failure_reason(exc)
-            self.metrics.failures.labels("upsert", reason).inc()
-            self.metrics.retries.labels("upsert").inc()
+            self.outage.set()
+            self.metrics.failures.labels(stage, reason).inc()
+            self.metrics.retries.labels(stage).inc()
             self.health.set(last_upsert_ok=False, qdrant_ok=False, qdrant_error=repr(exc)[:300])
-            log.warning("upsert of %d points failed (%s); retry %d in %.1fs", len(points),
-                        reason, attempt + 1, delay)
+            log.warning("%s of %d points failed (%s: %s); outage: retry %d in %.1fs, nothing "
+                        "is committed or dead-lettered meanwhile", stage, count, reason,
+                        str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
+                        attempt + 1, delay)
+        return on_failure
+
+    def _recovered(self) -> None:
+        if self.outage.is_set():
+            log.info("the vector store answers again; outage over")
+            self.outage.clear()
+        self.health.set(last_upsert_ok=True, qdrant_ok=True, qdrant_error=None)
+
+    def _upsert(self, jobs: list[Job], points: list[Point]) -> list[Job]:
+        """Jobs whose points the store applied; points it refused are dead-lettered alone."""
 
         def attempt() -> float:
             start = time.perf_counter()
@@ -442,12 +518,13 @@ class Pipeline:
             return time.perf_counter() - start
 
         try:
-            seconds = retry(attempt, is_transient=self.sink.is_transient, backoff=self.backoff,
-                            stop=self._abort, on_failure=on_failure)
+            seconds = retry(attempt, is_transient=lambda exc: not self.sink.is_invalid(exc),
+                            backoff=self.backoff, stop=self._abort,
+                            on_failure=self._on_outage("upsert", jobs))
         except Aborted:
             return []
-        except Exception as exc:  # Qdrant rejected the data itself: find the culprit(s)
-            self.health.set(last_upsert_ok=True, qdrant_ok=True)
+        except Exception as exc:  # the store refused the data itself: find the culprit(s)
+            self._recovered()
             if len(points) == 1:
                 self._dead_letter(jobs[0], "upsert", "rejected", repr(exc)[:1000],
                                   type(exc).__name__)
@@ -458,5 +535,25 @@ class Pipeline:
             return indexed
         self.metrics.upsert_seconds.observe(seconds)
         self.metrics.upsert_batch.observe(len(points))
-        self.health.set(last_upsert_ok=True, qdrant_ok=True, qdrant_error=None)
+        self._recovered()
+        return jobs
+
+    def _delete(self, jobs: list[Job]) -> list[Job]:
+        """Tombstones applied (retried through outages like upserts)."""
+        if not jobs:
+            return []
+        ids = [j.delete for j in jobs if j.delete is not None]
+        try:
+            retry(lambda: self.sink.delete(ids), is_transient=lambda exc: not
+                  self.sink.is_invalid(exc), backoff=self.backoff, stop=self._abort,
+                  on_failure=self._on_outage("delete", jobs))
+        except Aborted:
+            return []
+        except Exception as exc:  # a refused delete: it cannot be the other jobs' fault
+            self._recovered()
+            for job in jobs:
+                self._dead_letter(job, "delete", "rejected", repr(exc)[:1000],
+                                  type(exc).__name__)
+            return []
+        self._recovered()
         return jobs

@@ -105,12 +105,20 @@ class Embedder(Protocol):
 
 
 class Sink(Protocol):
-    """Writes a batch of points durably (returns only once the store has applied it), and
-    tells an outage (retry later) from a refusal of the data (dead-letter the point)."""
+    """Writes and deletes points (each returns once the store applied it), makes what it wrote
+    durable on `flush` (called before offsets are committed), and tells a refusal of the data
+    (`is_invalid`: dead-letter the point) from everything else (an outage: retry).
+    `flush_interval_s`: how often a flush is worth its cost; commits wait for one."""
+
+    flush_interval_s: float
 
     def write_batch(self, points: Sequence[Point]) -> None: ...
 
-    def is_transient(self, exc: BaseException) -> bool: ...
+    def delete(self, media_ids: Sequence[str]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def is_invalid(self, exc: BaseException) -> bool: ...
 
     def failure_reason(self, exc: BaseException) -> str: ...
 

@@ -8,6 +8,12 @@ offset of every partition of `kafka.topics`; once the group's committed offset h
 every partition, the daemon drains and commits as on SIGTERM and, with `switch_alias`, the policy
 points `qdrant.alias` at the new collection in one atomic alias update.
 
+Tombstones in the topic delete as they do in the daemon, so re-indexing a compacted topic (the
+latest value per key, tombstones for deleted items until the broker drops them) leaves deleted
+items out of the new collection. The alias update is atomic on both engines (one
+`update_collection_aliases` call on a server; a new alias file renamed into place on Qdrant
+Edge).
+
 Exit codes: 0 caught up (and switched, when asked); 1 stopped (signal) or failed before catching
 up, alias untouched; 2 configuration refused, as for `avindex run`; 3 start-up timeout.
 """
@@ -26,7 +32,6 @@ from avindex.daemon.offsets import OffsetTracker
 from avindex.daemon.ports import AliasedCollection, Source, TopicPartition
 from avindex.daemon.retry import Aborted, Backoff, retry
 from avindex.daemon.settings import Settings
-from avindex.daemon.sink import is_transient
 
 __all__ = [
     "EXIT_INCOMPLETE",
@@ -129,13 +134,20 @@ class ReindexPolicy:
         if self.switch_alias:
             collection = self._collection
             assert collection is not None
+            store = getattr(collection, "store", None)
+            is_refusal = getattr(store, "is_refusal", lambda exc: False)
+
+            def transient(exc: BaseException) -> bool:
+                """Retry anything but a refusal (credentials, permissions, an unknown
+                collection); a server's or Edge's outage passes."""
+                return not (isinstance(exc, KeyError | ValueError) or is_refusal(exc))
 
             def on_failure(exc: BaseException, attempt: int, delay: float) -> None:
                 log.error("switching alias %s failed (%s: %s); retrying in %.1fs",
                           collection.alias, type(exc).__name__, exc, delay)
 
             try:
-                retry(collection.switch_alias, is_transient=is_transient, backoff=self.backoff,
+                retry(collection.switch_alias, is_transient=transient, backoff=self.backoff,
                       stop=self.stop, on_failure=on_failure)
             except Aborted:
                 return EXIT_INCOMPLETE
@@ -149,12 +161,13 @@ class ReindexPolicy:
         return 0
 
 
-def reindex_daemon(settings: Settings, *, switch_alias: bool = False,
+def reindex_daemon(settings: Settings, *, switch_alias: bool = False, store: Any = None,
                    qdrant_client: Any = None) -> Daemon:
     """A daemon that re-indexes (its policy is `daemon.completion`); `run()` returns the exit
-    code above. A stop request also ends the alias switch's retries."""
+    code above. A stop request also ends the alias switch's retries. `store`/`qdrant_client`:
+    as for `Daemon`."""
     settings = reindex_settings(settings)
     policy = ReindexPolicy(settings, switch_alias=switch_alias)
-    daemon = Daemon(settings, qdrant_client=qdrant_client, completion=policy)
+    daemon = Daemon(settings, store=store, qdrant_client=qdrant_client, completion=policy)
     policy.stop = daemon.stop
     return daemon

@@ -2,8 +2,11 @@
 
 Runs on one thread, the only one that touches the Kafka consumer. Each turn it
 1. records finished messages (acknowledgements queued by the pipeline threads),
-2. commits the offsets the checkpoint allows (every `commit_interval_s`),
-3. pauses partitions when too much is in flight and resumes them when it drains,
+2. commits the offsets the checkpoint allows (every `kafka.commit_interval_s`, or every
+   `sink.flush_interval_s` when that is longer), after the vector store made their points
+   durable (`sink.flush()`: Qdrant Edge syncs its WAL and segments),
+3. pauses partitions when too much is in flight and resumes them when it drains, and pauses
+   every partition while the vector store is failing (an outage: nothing is committed),
 4. polls (always, even with every partition paused, so the group keeps us), and
 5. submits what it got.
 
@@ -64,6 +67,7 @@ class Runner:
         self._last_lag = 0.0
         self._saturated = False  # global in-flight cap reached; cleared at 3/4
         self._stopping = False
+        self._flush_failed = False  # the last durability barrier failed: store outage
         # `avindex reindex`: checked after every turn; True ends the loop like a graceful stop
         self.done: Callable[[], bool] | None = None
         self.finished = False  # the loop ended because `done` said so
@@ -197,11 +201,13 @@ class Runner:
 
     def _commit(self, force: bool, partitions=None) -> None:
         now = time.monotonic()
-        if not force and now - self._last_commit < self.settings.kafka.commit_interval_s:
+        interval = max(self.settings.kafka.commit_interval_s,
+                       getattr(self.pipeline.sink, "flush_interval_s", 0.0))
+        if not force and now - self._last_commit < interval:
             return
         self._last_commit = now
         offsets = self.tracker.to_commit(partitions)
-        if not offsets:
+        if not offsets or not self._durable():
             return
         try:
             self.source.commit(offsets)
@@ -216,11 +222,33 @@ class Runner:
                 self.quarantine.progress(tp, point)
         log.debug("committed %s", {f"{tp.topic}/{tp.partition}": o for tp, o in offsets.items()})
 
+    def _durable(self) -> bool:
+        """The durability barrier before a commit: every acknowledged point was written before
+        this call, so after it they survive a crash. False (commit nothing) when it fails."""
+        start = time.perf_counter()
+        try:
+            self.pipeline.sink.flush()
+        except Exception as exc:
+            self._flush_failed = True
+            reason = self.pipeline.sink.failure_reason(exc)
+            self.metrics.failures.labels("flush", reason).inc()
+            self.health.set(qdrant_ok=False, qdrant_error=f"flush: {exc!r}"[:300])
+            log.error("making the index durable failed (%s: %s); offsets not committed, will "
+                      "retry", reason, exc)
+            return False
+        self.metrics.flush_seconds.observe(time.perf_counter() - start)
+        if self._flush_failed:
+            self._flush_failed = False
+            if not self.pipeline.outage.is_set():
+                self.health.set(qdrant_ok=True, qdrant_error=None)
+        return True
+
     def _backpressure(self) -> int:
         """Pause/resume partitions by in-flight counts; returns how many records may be taken.
         In the quarantine's careful mode one message at a time is in flight in the daemon."""
         k = self.settings.kafka
         total = self.pipeline.pending
+        outage = self.pipeline.outage.is_set() or self._flush_failed
         if self.quarantine is not None and self.quarantine.careful:
             assigned = self.source.assignment()
             if total:
@@ -236,13 +264,15 @@ class Runner:
         to_pause, to_resume = [], []
         for tp in assigned:
             n = self.tracker.in_flight(tp)
-            if self._saturated or n >= k.max_in_flight_per_partition:
+            if outage or self._saturated or n >= k.max_in_flight_per_partition:
                 if tp not in paused:
                     to_pause.append(tp)
             elif tp in paused and n <= k.max_in_flight_per_partition * 3 // 4:
                 to_resume.append(tp)
         self.source.pause(to_pause)
         self.source.resume(to_resume)
+        if outage:
+            return 0
         return max(0, min(k.max_poll_records, k.max_in_flight - total))
 
     def _gauges(self) -> None:
@@ -282,6 +312,8 @@ class Runner:
             time.sleep(0.05)
         self._drain_acks()
         offsets = self.tracker.to_commit(set(partitions))
+        if offsets and not self._durable():
+            offsets = {}  # the new owner re-reads them: replays overwrite, nothing is lost
         for tp in partitions:
             if self.quarantine is not None:
                 self.quarantine.revoked(tp, offsets.get(tp, self.tracker.committed(tp)))

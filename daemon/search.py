@@ -6,7 +6,9 @@ and searched against the `visual` vectors; an image, or a video by its pictures,
 daemon's decode -> ONNX path (`decode_media`, `embed_decoded`), so it lands in the same space as
 the indexed points, and the collection's model version is checked against the model directory
 first: vectors of another model version are not comparable. Used by `avindex search` (directly
-against a Qdrant server) and by the daemon's `POST /search`.
+against a Qdrant server or an Edge folder no daemon holds) and by the daemon's `POST /search`.
+It reads through the `VectorStore` interface, so it works the same on Qdrant Edge and on a
+server.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from qdrant_client import models
 from avindex.daemon.encoder import Encoder, embed_decoded
 from avindex.daemon.media import DecodeLimits, MediaError, decode_media
 from avindex.daemon.model_dir import ModelDir
-from avindex.daemon.sink import point_id
+from avindex.daemon.store import VectorStore, point_id, resolve
 
 __all__ = [
     "KINDS",
@@ -99,20 +101,19 @@ def parse_filters(items: Sequence[str]) -> models.Filter | None:
     return models.Filter(must=conditions)
 
 
-def collection_version(client: Any, name: str) -> tuple[str, str | None]:
+def collection_version(store: VectorStore, name: str) -> tuple[str, str | None]:
     """(collection, model version) behind a collection name or alias.
 
     The version is the collection name's `-<16 hex digits>` suffix (how the daemon names them),
     else the `model_version` payload of one point; None for an empty collection without one.
     """
-    aliases = {a.alias_name: a.collection_name for a in client.get_aliases().aliases}
-    collection = aliases.get(name, name)
-    if not client.collection_exists(collection):
+    collection = resolve(store, name)
+    if collection is None:
         raise SearchError(404, "not_found", f"no collection or alias named {name!r}")
     suffix = collection.rsplit("-", 1)[-1]
     if VERSION.match(suffix):
         return collection, suffix
-    points, _ = client.scroll(collection, limit=1, with_payload=["model_version"])
+    points, _ = store.scroll(collection, limit=1)
     version = points[0].payload.get("model_version") if points else None
     return collection, version
 
@@ -131,11 +132,11 @@ class Options:
 class Searcher:
     """Answers queries against one collection with the model that built it."""
 
-    def __init__(self, client: Any, model: ModelDir, encoder: Encoder, collection: str, *,
-                 limits: DecodeLimits | None = None, max_top_k: int = 1000) -> None:
-        self.client, self.model, self.encoder = client, model, encoder
+    def __init__(self, store: VectorStore, model: ModelDir, encoder: Encoder, collection: str,
+                 *, limits: DecodeLimits | None = None, max_top_k: int = 1000) -> None:
+        self.store, self.model, self.encoder = store, model, encoder
         self.limits, self.max_top_k = limits or DecodeLimits(), max_top_k
-        self.collection, version = collection_version(client, collection)
+        self.collection, version = collection_version(store, collection)
         if version is not None and version != model.model_version:
             raise SearchError(409, "model_mismatch", f"collection {self.collection} holds "
                               f"vectors of model version {version}, the model directory "
@@ -174,11 +175,11 @@ class Searcher:
         own = by or "audio"
         if own not in OTHER:
             raise SearchError(400, "bad_request", "by must be audio or visual")
-        points = self.client.retrieve(self.collection, [point_id(media_id)], with_vectors=[own],
-                                      with_payload=False)
+        points = self.store.retrieve(self.collection, [point_id(media_id)], vectors=[own],
+                                     payload=False)
         if not points:
             raise SearchError(404, "not_found", f"media id {media_id!r} is not indexed")
-        vector = (points[0].vector or {}).get(own) if isinstance(points[0].vector, dict) else None
+        vector = points[0].vectors.get(own)
         if vector is None:
             raise SearchError(422, "wrong_modality", f"{media_id!r} has no {own} vector")
         target = OTHER[own]
@@ -192,16 +193,19 @@ class Searcher:
         if options.offset < 0:
             raise SearchError(400, "bad_request", "offset must be >= 0")
         keys = options.with_payload
-        found = self.client.query_points(
-            self.collection, query=vector, using=target, limit=options.limit,
-            offset=options.offset or None, query_filter=options.filter,
-            # media_id always comes back: it names the hit even without a payload
-            with_payload=True if keys is True else sorted({*(keys or ()), "media_id"}))
+        try:
+            found = self.store.query(
+                self.collection, vector, using=target, limit=options.limit,
+                offset=options.offset, filter=options.filter,
+                # media_id always comes back: it names the hit even without a payload
+                payload=True if keys is True else sorted({*(keys or ()), "media_id"}))
+        except ValueError as exc:  # a filter this engine cannot express
+            raise SearchError(400, "bad_filter", str(exc)) from exc
         results = []
-        for rank, p in enumerate(found.points, options.offset + 1):
+        for rank, p in enumerate(found, options.offset + 1):
             payload = p.payload or {}
             shown = {} if keys is False else payload
-            results.append({"rank": rank, "score": round(float(p.score), 6), "id": str(p.id),
+            results.append({"rank": rank, "score": round(float(p.score or 0.0), 6), "id": p.id,
                             "media_id": payload.get("media_id"), "payload": shown})
         return {"query": query, "collection": self.collection,
                 "model_version": self.model_version, "results": results,
@@ -213,8 +217,8 @@ class Searcher:
             pid = str(uuid.UUID(pid))
         except ValueError as exc:
             raise SearchError(404, "not_found", f"no point {pid[:64]!r}") from exc
-        points = self.client.retrieve(self.collection, [pid], with_payload=["uri"])
-        uri = (points[0].payload or {}).get("uri") if points else None
+        points = self.store.retrieve(self.collection, [pid], payload=["uri"])
+        uri = points[0].payload.get("uri") if points else None
         if not uri:
             raise SearchError(404, "not_found", f"point {pid!r} has no stored media URI")
         if not str(uri).startswith("file:"):

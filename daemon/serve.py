@@ -25,7 +25,9 @@ from avindex.daemon.model_dir import ModelDirError, load_model_dir
 from avindex.daemon.retry import Backoff
 from avindex.daemon.search import SearchError
 from avindex.daemon.settings import Settings
-from avindex.daemon.sink import SerialClient, make_client
+from avindex.daemon.sink import open_store
+from avindex.daemon.store import VectorStore
+from avindex.daemon.store_server import ServerStore
 
 __all__ = ["SearchServer"]
 
@@ -37,7 +39,8 @@ CHECK_INTERVAL_S = 5.0
 class SearchServer:
     """The search-only service. `run()` blocks until `request_stop()` (what a signal does)."""
 
-    def __init__(self, settings: Settings, *, qdrant_client: Any = None) -> None:
+    def __init__(self, settings: Settings, *, store: VectorStore | None = None,
+                 qdrant_client: Any = None) -> None:
         self.settings = settings
         self.health = Health(stale_s=settings.http.health_stale_s, needs_broker=False)
         self.metrics = Metrics()
@@ -45,7 +48,9 @@ class SearchServer:
         self.force = threading.Event()  # install_signal_handlers sets it on a second signal
         self.api: Api | None = None
         self.http: HttpServer | None = None
-        self._client = qdrant_client
+        if store is None and qdrant_client is not None:
+            store = ServerStore(qdrant_client)
+        self._store = store
 
     def request_stop(self) -> None:
         if self.stop.is_set():
@@ -59,8 +64,8 @@ class SearchServer:
     def run(self) -> int:
         s = self.settings
         self.api, self.http = start_api(s, self.health, self.metrics)
-        own_client = self._client is None
-        client = None
+        own_store = self._store is None
+        store = None
         try:
             self.health.set(stage="model")
             model = load_model_dir(s.model.dir)
@@ -70,12 +75,8 @@ class SearchServer:
             encoder.warm_up()
             self.health.set(warmed_up=True, last_inference_ok=True, stage="qdrant")
             self.health.beat()
-            client = self._client
-            if client is None:
-                client = make_client(s.qdrant)
-                if not s.qdrant.url:  # local mode is not thread-safe
-                    client = SerialClient(client)
-            return self._loop(client, model, encoder)
+            store = self._store or open_store(s.qdrant)
+            return self._loop(store, model, encoder)
         except (ModelDirError, EncodeError, RuntimeError) as exc:
             log.error("cannot start: %s", exc)
             return EXIT_CONFIG
@@ -83,10 +84,10 @@ class SearchServer:
             self.health.set(stage="stopping")
             self.http.stop()
             self.api.service.close()
-            if own_client and client is not None:
-                client.close()
+            if own_store and store is not None:
+                store.close()
 
-    def _loop(self, client: Any, model, encoder: Encoder) -> int:
+    def _loop(self, store: VectorStore, model, encoder: Encoder) -> int:
         """Attach a searcher once the alias resolves, then watch Qdrant until stopped."""
         backoff = Backoff(self.settings.pipeline.retry_initial_s,
                           self.settings.pipeline.retry_max_s)
@@ -97,12 +98,12 @@ class SearchServer:
             searcher = self.api.service.searcher
             try:
                 if searcher is None:
-                    searcher = searcher_for(self.settings, client, model, encoder, alias)
+                    searcher = searcher_for(self.settings, store, model, encoder, alias)
                     self.api.attach(searcher)
                     log.info("serving searches on %s (model %s, version %s)",
                              searcher.collection, model.model_id, searcher.model_version)
                 else:
-                    client.collection_exists(searcher.collection)
+                    store.ping()
             except SearchError as exc:
                 if exc.code == "model_mismatch":
                     log.error("cannot start: %s", exc)

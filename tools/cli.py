@@ -24,6 +24,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
               "scale it apart from the indexers)"),
     "reindex": ("avindex.tools.reindex", "re-index the topics into a new model's collection, "
                 "then optionally switch the alias"),
+    "produce": ("avindex.tools.produce", "send media files (bytes or claim-check envelopes) "
+                "or tombstones to a topic, within the daemon's limits"),
+    "optimize": ("avindex.tools.optimize", "build the HNSW indexes of a Qdrant Edge folder "
+                 "(while no daemon holds it)"),
     "embed": ("avindex.tools.embed", "print the embeddings of media files as JSON lines"),
     "search": ("avindex.tools.search", "find the videos that fit a sound, or the sounds "
                "that fit a video or image"),

@@ -1,13 +1,16 @@
 """`avindex search`: which videos fit this sound, which sounds fit this video or image.
 
-Two ways to answer, because Qdrant's local storage belongs to one process:
+Two ways to answer:
 
-- through a running daemon or `avindex serve` (`--daemon URL`, or the daemon of `--config` when
-  it uses local storage, or http://127.0.0.1:8080), with `avindex.client.SearchClient`
-  (POST /v1/search; `--api-key`, else the first of `http.api_keys` of `--config`);
-- straight against a Qdrant server (`--qdrant-url`, or `qdrant.url` of `--config`/AVINDEX_*),
-  or local storage that no daemon holds (`--qdrant-path`): the file is embedded here with
-  `--model` (or `model.dir`), which must be the model version the collection was built with.
+- straight from the store: a Qdrant server (`--qdrant-url`, or `qdrant.url` of
+  `--config`/AVINDEX_*) or a Qdrant Edge folder (`--qdrant-path`, or `qdrant.path`); the file is
+  embedded here with `--model` (or `model.dir`), which must be the model version the collection
+  was built with. An Edge folder belongs to one process: when a running daemon holds it, the
+  CLI says so and asks that daemon instead (its port from `--config`, else `--daemon`, else
+  http://127.0.0.1:8080);
+- through a running daemon or `avindex serve` (`--daemon URL`, or when no store is named),
+  with `avindex.client.SearchClient` (POST /v1/search; `--api-key`, else the first of
+  `http.api_keys` of `--config`): the service embeds the file.
 
 Prints a ranked table (score, media id, producer metadata), or the JSON answer with `--json`.
 """
@@ -51,16 +54,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "JSON ('{\"must\": [...]}')")
     parser.add_argument("--json", action="store_true", help="print the JSON answer")
     parser.add_argument("--daemon", metavar="URL",
-                        help=f"ask this running daemon or `avindex serve` (default for local "
-                        f"storage: {DEFAULT_DAEMON} or the port of --config)")
+                        help=f"ask this running daemon or `avindex serve` (default when no "
+                        f"store is named: {DEFAULT_DAEMON} or the port of --config)")
     parser.add_argument("--api-key", metavar="KEY",
                         help="API key for --daemon (default: the first of http.api_keys of "
                         "--config)")
     parser.add_argument("--qdrant-url", metavar="URL",
                         help="query this Qdrant server directly (needs --model)")
     parser.add_argument("--qdrant-path", metavar="DIR",
-                        help="query Qdrant local storage directly (only while no daemon holds "
-                        "it, e.g. after `avindex demo --state DIR`; needs --model)")
+                        help="query a Qdrant Edge folder directly (e.g. `avindex demo --state "
+                        "DIR` keeps one in DIR/qdrant; needs --model); when a running daemon "
+                        "holds it, the daemon is asked instead")
     parser.add_argument("--model", metavar="MODEL_DIR",
                         help="model directory for direct queries (default: model.dir)")
     parser.add_argument("--collection", metavar="NAME",
@@ -78,10 +82,13 @@ def _settings(args: argparse.Namespace) -> Settings | None:
     environ = {**os.environ, **overrides}
     if not (args.config or any(k.startswith("AVINDEX_") for k in environ)):
         return None
-    if args.qdrant_url:  # the flag replaces whatever target the environment names
+    if args.qdrant_url or args.qdrant_path:  # the flag replaces the environment's target
         environ = {k: v for k, v in environ.items()
-                   if k not in ("AVINDEX_QDRANT_PATH", "AVINDEX_QDRANT_LOCATION")}
-        environ["AVINDEX_QDRANT_URL"] = args.qdrant_url
+                   if k not in ("AVINDEX_QDRANT_PATH", "AVINDEX_QDRANT_URL")}
+        if args.qdrant_url:
+            environ["AVINDEX_QDRANT_URL"] = args.qdrant_url
+        else:
+            environ["AVINDEX_QDRANT_PATH"] = args.qdrant_path
     settings, _ = load_settings(args.config, environ)
     return settings
 
@@ -135,19 +142,22 @@ def ask_service(url: str, api_key: str | None, kind: str | None, path: Path | No
 
 
 def _direct(args: argparse.Namespace, settings: Settings | None, kind: str | None,
-            path: Path | None) -> tuple[int, dict]:
-    """Embed here and query Qdrant directly (a server, or local storage no daemon holds)."""
+            path: Path | None) -> tuple[int, dict] | None:
+    """Embed here and query the store directly (a server, or an Edge folder). None when the
+    Edge folder is held by a running daemon: then ask the daemon."""
     from qdrant_client import models
 
     from avindex.daemon.encoder import Encoder
     from avindex.daemon.model_dir import ModelDirError, load_model_dir
     from avindex.daemon.search import Options, Searcher, SearchError
-    from avindex.daemon.sink import make_client
+    from avindex.daemon.sink import CollectionMismatchError, StoreBusyError, open_store
 
-    if args.qdrant_path:
+    if settings is not None:
+        qdrant = settings.qdrant
+    elif args.qdrant_path:
         qdrant = QdrantSettings(path=args.qdrant_path)
     else:
-        qdrant = settings.qdrant if settings else QdrantSettings(url=args.qdrant_url)
+        qdrant = QdrantSettings(url=args.qdrant_url)
     model_dir = args.model or (settings.model.dir if settings else None)
     if not model_dir:
         return 2, {"error": "bad_request", "message": "direct queries need --model MODEL_DIR "
@@ -156,13 +166,16 @@ def _direct(args: argparse.Namespace, settings: Settings | None, kind: str | Non
         model = load_model_dir(model_dir)
     except ModelDirError as exc:
         return 2, {"error": "bad_request", "message": str(exc)}
+    if qdrant.path and not Path(qdrant.path).is_dir():
+        return 2, {"error": "bad_request", "message": f"no Qdrant Edge folder at {qdrant.path}"}
     try:
-        client = make_client(qdrant)
-    except RuntimeError as exc:  # local storage held by a running daemon
-        return 2, {"error": "bad_request", "message": f"{exc} (ask that daemon: --daemon URL)"}
+        store = open_store(qdrant)
+    except CollectionMismatchError as exc:
+        return 2, {"error": "bad_request", "message": str(exc)}
     try:
-        searcher = Searcher(client, model, Encoder(model, device="cpu", max_batch=1),
+        searcher = Searcher(store, model, Encoder(model, device="cpu", max_batch=1),
                             args.collection or qdrant.alias)
+        store.count(searcher.collection)  # Edge: opens the shard (fails when a daemon has it)
         filter_ = filter_json(args.filter)
         options = Options(limit=args.top_k, offset=args.offset,
                           filter=models.Filter.model_validate(filter_) if filter_ else None)
@@ -171,10 +184,14 @@ def _direct(args: argparse.Namespace, settings: Settings | None, kind: str | Non
                 return 2, {"error": "no_file", "message": f"no such file: {path}"}
             return 200, searcher.search_media(path, kind, args.by, options)
         return 200, searcher.search_id(args.id, args.by, options)
+    except StoreBusyError as exc:
+        print(f"avindex search: {exc}: a running daemon holds it, asking that daemon",
+              file=sys.stderr)
+        return None
     except SearchError as exc:
         return exc.status, {"error": exc.code, "message": str(exc)}
     finally:
-        client.close()
+        store.close()
 
 
 def format_results(answer: dict[str, Any]) -> str:
@@ -192,15 +209,16 @@ def format_results(answer: dict[str, Any]) -> str:
 def main(args: argparse.Namespace) -> int:
     kind, path = _query(args)
     try:
-        settings = None if args.daemon or args.qdrant_path else _settings(args)
+        named = args.qdrant_url or args.qdrant_path
+        settings = None if args.daemon and not named else _settings(args)
     except SettingsError as exc:
         print(f"avindex search: {exc}", file=sys.stderr)
         return 2
-    direct = not args.daemon and (args.qdrant_url or args.qdrant_path
-                                  or (settings and settings.qdrant.url))
-    if direct:
-        status, answer = _direct(args, settings, kind, path)
-    else:
+    answer: tuple[int, dict] | None = None
+    if named or (not args.daemon and settings
+                 and (settings.qdrant.url or settings.qdrant.path)):
+        answer = _direct(args, settings, kind, path)
+    if answer is None:
         url = args.daemon or DEFAULT_DAEMON
         if settings is not None and not args.daemon:
             host = settings.http.host if settings.http.host not in ("", "0.0.0.0", "::") \
@@ -211,14 +229,15 @@ def main(args: argparse.Namespace) -> int:
         if path is not None and not path.is_file():
             print(f"avindex search: no such file: {path}", file=sys.stderr)
             return 2
-        status, answer = ask_service(url, api_key, kind, path, args)
-        if status == 0:
+        answer = ask_service(url, api_key, kind, path, args)
+        if answer[0] == 0:
             print(f"avindex search: the service at {url} is not reachable "
-                  f"({answer.get('message')}); start `avindex run` or `avindex serve`, or "
-                  "give --daemon URL / --qdrant-url URL", file=sys.stderr)
+                  f"({answer[1].get('message')}); start `avindex run` or `avindex serve`, or "
+                  "give --daemon URL / --qdrant-url URL / --qdrant-path DIR", file=sys.stderr)
             return 3
+    status, body = answer
     if status != 200:
-        print(f"avindex search: {answer.get('error')}: {answer.get('message')}", file=sys.stderr)
+        print(f"avindex search: {body.get('error')}: {body.get('message')}", file=sys.stderr)
         return 1 if status != 2 else 2
-    print(json.dumps(answer, indent=1) if args.json else format_results(answer))
+    print(json.dumps(body, indent=1) if args.json else format_results(body))
     return 0

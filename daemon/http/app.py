@@ -277,7 +277,7 @@ class Api:
         s = self.service.searcher
         if s is None:
             return JSONResponse({"ready": False, "limits": limits}, 503)
-        points = await run_in_threadpool(lambda: s.client.count(s.collection, exact=True).count)
+        points = await run_in_threadpool(lambda: s.store.count(s.collection))
         return JSONResponse({
             "ready": True, "model_id": s.model.model_id, "model_version": s.model_version,
             "collection": s.collection, "points": points, "modalities": list(s.model.graphs),

@@ -1,9 +1,9 @@
 """Running real daemons in tests: in a thread (shared Qdrant client) or as a real process.
 
-Everything here talks to the real Tansu broker and real qdrant-client local mode; the only
-stand-ins are `LockedClient` (the sink's `SerialClient`: lets two in-process daemons share one
-local-mode client, which is not thread-safe by itself) and `FlakyClient` (injects Qdrant
-faults in front of the real client).
+Everything here talks to the real Tansu broker and real Qdrant engines (Qdrant Edge in a
+temporary folder, or the server engine over qdrant-client's local mode); the only stand-ins are
+`FlakyClient` (injects server faults in front of the real client) and `FaultyStore` (injects
+faults of any class in front of a real engine).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from avindex.daemon.app import Daemon
 from avindex.daemon.settings import Settings
-from avindex.daemon.sink import SerialClient
+from avindex.daemon.store_server import ServerStore
 from avindex.tools.processes import ChildProcess
 from avindex.tools.scrape import http_get, metric_total
 
@@ -46,8 +46,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2
 
 
 def settings_for(model_dir: Path, bootstrap: str, topic: str, *, group: str, dlq: str,
-                 **sections: dict[str, Any]) -> Settings:
-    """Test settings: fast group joins, small batches, probes on a free port."""
+                 edge: Path | None = None, **sections: dict[str, Any]) -> Settings:
+    """Test settings: fast group joins, small batches, probes on a free port. The store is
+    Qdrant Edge in `edge`, or (without it) the one the test injects into the daemon."""
     s = Settings()
     s.model.dir, s.model.max_batch = str(model_dir), 8
     k = s.kafka
@@ -55,7 +56,11 @@ def settings_for(model_dir: Path, bootstrap: str, topic: str, *, group: str, dlq
     k.dead_letter_topic = dlq
     k.session_timeout_ms, k.heartbeat_interval_ms = SESSION_MS, 1000
     k.max_poll_interval_ms, k.commit_interval_s, k.revoke_drain_s = 20000, 0.2, 2.0
-    s.qdrant.location = ":memory:"
+    if edge is not None:
+        s.qdrant.path = str(edge)
+        s.qdrant.flush_interval_s = 0.2  # commit as often as the tests' commit interval
+    else:
+        s.qdrant.url = "http://injected-store.invalid:6333"  # never contacted: see DaemonThread
     s.pipeline.retry_initial_s, s.pipeline.retry_max_s = 0.1, 1.0
     s.pipeline.shutdown_deadline_s = 10.0
     s.http.port, s.http.host = 0, "127.0.0.1"
@@ -80,8 +85,12 @@ def settings_file(settings: Settings, path: Path) -> Path:
 class DaemonThread:
     """A daemon running in a thread of the test process (signals are simulated)."""
 
-    def __init__(self, settings: Settings, client: Any) -> None:
-        self.daemon = Daemon(settings, qdrant_client=client)
+    def __init__(self, settings: Settings, store: Any = None) -> None:
+        """`store`: a VectorStore, or a qdrant-client client (the server engine), or None for
+        the engine the settings name."""
+        if store is not None and not hasattr(store, "ensure_collection"):
+            store = ServerStore(store)
+        self.daemon = Daemon(settings, store=store)
         self.exit_code: int | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -197,11 +206,6 @@ def header(record, name: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------- Qdrant
-# Serialises calls so two in-process daemons can share one local-mode client (the daemon's own
-# wrapper for local storage, used here around a client the test creates).
-LockedClient = SerialClient
-
-
 FAULTS: list[Callable[[], Exception]] = [
     lambda: ResponseHandlingException(httpx.ReadTimeout("timed out")),
     lambda: ResponseHandlingException(httpx.ConnectError("[Errno 111] Connection refused")),
@@ -228,3 +232,39 @@ class FlakyClient:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
+
+
+class FaultyStore:
+    """A real engine (any VectorStore) with faults injected into writes. While `fault` is set,
+    upserts, deletes and flushes raise `fault(n)` (n counts the injected faults, so a test can
+    cycle through several kinds); with `only`, just upserts that hold one of those media ids."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.fault: Callable[[int], BaseException] | None = None
+        self.only: set[str] | None = None
+        self.injected = 0
+
+    def _maybe_fail(self, media_ids: Any = None) -> None:
+        make = self.fault
+        if make is None:
+            return
+        if self.only is not None and not (media_ids and self.only & set(media_ids)):
+            return
+        self.injected += 1
+        raise make(self.injected)
+
+    def upsert(self, collection, points):
+        self._maybe_fail([p.media_id for p in points])
+        return self._store.upsert(collection, points)
+
+    def delete(self, collection, media_ids):
+        self._maybe_fail()
+        return self._store.delete(collection, media_ids)
+
+    def flush(self):
+        self._maybe_fail()
+        return self._store.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)

@@ -1,5 +1,5 @@
-"""The search tests' index: one real daemon (in a thread, Tansu + Qdrant local mode, an API key
-set) that indexed 40 real clips with metadata, and `avindex serve` on the same client; plus
+"""The search tests' index: one real daemon (in a thread, Tansu + Qdrant Edge, an API key
+set) that indexed 40 real clips with metadata, and `avindex serve` on the same store; plus
 brute-force expectations computed with the tiny model's numpy twin, and raw HTTP helpers.
 """
 
@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import mimetypes
+import shutil
+import tempfile
 import threading
 import time
 import urllib.error
@@ -84,8 +86,9 @@ def start_index(broker, model_dir, clips, media_root, media_server):
     link.symlink_to(chosen[0])
     topic = f"search-{time.monotonic_ns() % 10**8}"
     broker.create_topic(topic, partitions=2)
+    edge = Path(tempfile.mkdtemp(prefix="avindex-search-")) / "edge"
     settings = settings_for(model_dir, broker.bootstrap, topic, group="g-search", dlq="search-dlq",
-                            media={"allowed_roots": [str(media_root)],
+                            edge=edge, media={"allowed_roots": [str(media_root)],
                                    # a closed port: `uri` queries there are unreachable (502)
                                    "allowed_hosts": [media_server, CLOSED_HOST]},
                             http={"max_upload_bytes": UPLOAD_LIMIT, "search_concurrency": 1,
@@ -103,7 +106,7 @@ def start_index(broker, model_dir, clips, media_root, media_server):
     before = dt.datetime.now(dt.UTC)
     produce(broker.bootstrap, topic, messages)
     wait_for(lambda: get_json(url, "/v1/info")[1].get("points") == N, 60, what="40 points")
-    serve = SearchServer(settings, qdrant_client=daemon.daemon.sink.client)
+    serve = SearchServer(settings, store=daemon.daemon.sink.store)
     thread = threading.Thread(target=serve.run, daemon=True)
     thread.start()
     wait_for(lambda: serve.http_port and get_json(
@@ -115,6 +118,7 @@ def start_index(broker, model_dir, clips, media_root, media_server):
         thread.join(30)
         assert not thread.is_alive()
         assert daemon.stop() == 0
+        shutil.rmtree(edge.parent, ignore_errors=True)
 
     index = Index(daemon, serve, chosen, model_dir, settings)
     index.indexed_after = before

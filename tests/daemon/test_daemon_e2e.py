@@ -1,8 +1,11 @@
-"""End to end in the test process: real Tansu broker, real qdrant-client local mode, real media.
+"""End to end in the test process: real Tansu broker, real vector stores, real media.
 
-Daemons run in threads here so that one local-mode Qdrant can be shared (two daemons in one
-group) and faults can be switched on and off in front of the real client. Real processes and
-real signals are in test_daemon_process.py.
+The 200-clip test runs on Qdrant Edge (the embedded default); the others on the server engine
+over qdrant-client's local mode (no Qdrant server can run here), which is the code path of a
+Qdrant server. Daemons run in threads so that one store can be shared (two daemons in one
+group) and faults can be switched on and off in front of the real engine. Real processes and
+real signals are in test_daemon_process.py; tombstones and outages on both engines in
+test_daemon_tombstones.py and test_daemon_outage.py.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import pytest
 from daemon_harness import (
     DaemonThread,
     FlakyClient,
-    LockedClient,
     committed,
     header,
     produce,
@@ -34,6 +36,8 @@ from avindex.daemon.encoder import Encoder
 from avindex.daemon.media import decode_media
 from avindex.daemon.model_dir import load_model_dir
 from avindex.daemon.sink import point_id
+from avindex.daemon.store_edge import EdgeStore
+from avindex.daemon.store_server import ServerStore
 from avindex.tools.kafka_admin import free_port
 from avindex.tools.synthetic import write_clip
 
@@ -55,10 +59,10 @@ def clip_message(i: int, path, form: str, server: tuple[str, object] | None = No
     return media_id.encode(), json.dumps(envelope).encode(), [("content-type", b"application/json")]
 
 
-def all_points(client, collection) -> dict:
+def all_points(store, collection) -> dict:
     points, offset = [], None
     while True:
-        batch, offset = client.scroll(collection, limit=256, offset=offset, with_vectors=True)
+        batch, offset = store.scroll(collection, limit=256, offset=offset, vectors=True)
         points += batch
         if offset is None:
             return {p.payload["media_id"]: p for p in points}
@@ -70,7 +74,7 @@ def unit(v) -> np.ndarray:
 
 
 def test_200_clips_in_both_forms_are_indexed_and_equal_avindex_embed(
-        broker, model_dir, avdigits, media_root, media_server, names):
+        broker, model_dir, avdigits, media_root, media_server, names, tmp_path):
     corpus, kind = avdigits  # AV-digits when the training package is there, else synthetic
     topic, dlq = names["topic"], names["dlq"]
     broker.create_topic(topic, 4)
@@ -81,12 +85,12 @@ def test_200_clips_in_both_forms_are_indexed_and_equal_avindex_embed(
     forms = ["raw", "file", "http"]
     messages = [clip_message(i, p, forms[i % 3], (media_server, media_root))
                 for i, p in enumerate(corpus)]
-    client = QdrantClient(location=":memory:")
+    client = EdgeStore(tmp_path / "edge")
     daemon = DaemonThread(settings, client).start()
     try:
         ends = produce(broker.bootstrap, topic, messages)
         collection = daemon.daemon.sink.collection
-        wait_for(lambda: client.count(collection).count == len(corpus), 120,
+        wait_for(lambda: client.count(collection) == len(corpus), 120,
                  what=f"{len(corpus)} points")
         wait_for(lambda: committed(broker.bootstrap, names["group"], topic, 4) == ends, 20,
                  what="offsets committed up to the end")
@@ -101,9 +105,9 @@ def test_200_clips_in_both_forms_are_indexed_and_equal_avindex_embed(
     for i, path in enumerate(corpus):
         p = points[f"clip-{i:03d}"]
         assert str(p.id) == point_id(f"clip-{i:03d}")
-        assert p.payload["modalities"] == sorted(p.vector)
+        assert p.payload["modalities"] == sorted(p.vectors)
         assert p.payload["model_version"] == version and p.payload["topic"] == topic
-        assert p.payload["duration_s"] > 0.5 and set(p.payload["uncertainty"]) == set(p.vector)
+        assert p.payload["duration_s"] > 0.5 and set(p.payload["uncertainty"]) == set(p.vectors)
         if i % 3 == 0:
             assert p.payload["uri"] is None and p.payload["metadata"]["n"] == str(i)
         else:
@@ -118,7 +122,7 @@ def test_200_clips_in_both_forms_are_indexed_and_equal_avindex_embed(
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(lines) == len(corpus)
     for i, line in enumerate(lines):
-        stored = points[f"clip-{i:03d}"].vector
+        stored = points[f"clip-{i:03d}"].vectors
         assert sorted(line["modalities"]) == sorted(stored)
         for modality, vector in stored.items():
             np.testing.assert_allclose(unit(vector), unit(line[modality]), atol=1e-4)
@@ -210,14 +214,14 @@ def test_poison_corpus_is_dead_lettered_with_reasons_and_good_items_indexed(
         for i in range(max(len(good), len(bad))):  # interleave good and bad traffic
             mixed += [good[i]] if i < len(good) else []
             mixed += [bad[i][1]] if i < len(bad) else []
-        client = QdrantClient(location=":memory:")
+        client = ServerStore(QdrantClient(location=":memory:"))
         daemon = DaemonThread(settings, client).start()
         try:
             ends = produce(broker.bootstrap, topic, mixed)
             wait_for(lambda: committed(broker.bootstrap, names["group"], topic, 3) == ends, 60,
                      what="every message handled and committed")
             collection = daemon.daemon.sink.collection
-            assert client.count(collection).count == len(good)
+            assert client.count(collection) == len(good)
             points = all_points(client, collection)
             assert set(points) == {f"clip-{i:03d}" for i in range(20, 50)}
             for i in range(20, 50):  # sound only, pictures only, or both
@@ -252,7 +256,7 @@ def test_two_daemons_in_one_group_index_everything_exactly_once(
     settings = settings_for(model_dir, broker.bootstrap, topic, group=group, dlq=dlq,
                             media={"allowed_roots": [str(clips[0].parent)]})
     messages = [clip_message(i, p, "file") for i, p in enumerate(clips[:120])]
-    shared = LockedClient(QdrantClient(location=":memory:"))
+    shared = ServerStore(QdrantClient(location=":memory:"))
     a = DaemonThread(settings, shared).start()
     b = None
     try:
@@ -264,7 +268,7 @@ def test_two_daemons_in_one_group_index_everything_exactly_once(
                  and len(a.assignment() | b.assignment()) == 4, 40, what="partitions shared")
         ends = produce(broker.bootstrap, topic, messages[60:])
         collection = a.daemon.sink.collection
-        wait_for(lambda: shared.count(collection).count == 120, 60, what="120 points")
+        wait_for(lambda: shared.count(collection) == 120, 60, what="120 points")
         wait_for(lambda: committed(broker.bootstrap, group, topic, 4) == ends, 30,
                  what="all offsets committed")
         indexed_a = a.metric("avindex_messages_indexed_total", topic=topic)
@@ -306,7 +310,8 @@ def test_qdrant_faults_mean_no_commit_no_loss_and_recovery_by_itself(
         wait_for(lambda: flaky.injected >= 10, 30, what="faults injected")
         wait_for(lambda: daemon.metric("avindex_paused_partitions") > 0, 10,
                  what="partitions paused")
-        assert not probes.readiness()[0] and not probes.liveness()[0]
+        # not ready (traffic and alerts see it), but alive: a restart would not help
+        assert not probes.readiness()[0] and probes.liveness()[0]
         # stay faulty past max.poll.interval.ms and the session timeout
         time.sleep(max(0.0, 10.0 - (time.monotonic() - started)))
         assert committed(broker.bootstrap, group, topic, 2) == before  # nothing committed

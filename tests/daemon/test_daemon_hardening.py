@@ -34,6 +34,7 @@ from qdrant_client import QdrantClient
 from avindex.daemon.messages import Fetcher, ItemError, Record, parse_record
 from avindex.daemon.settings import Settings, SettingsError
 from avindex.daemon.sink import point_id
+from avindex.daemon.store_edge import EdgeStore
 from avindex.tools.kafka_admin import free_port
 from avindex.tools.processes import ChildProcess
 from avindex.tools.scrape import http_get
@@ -190,7 +191,7 @@ def test_a_message_that_kills_the_daemon_is_dead_lettered_instead_of_looping(
     ends = produce(broker.bootstrap, topic, messages)
     settings = settings_for(model_dir, broker.bootstrap, topic, group=names["group"], dlq=dlq,
                             kafka={"state_topic": f"{topic}-state"},
-                            qdrant={"location": None, "path": str(tmp_path / "qdrant")},
+                            edge=tmp_path / "qdrant",
                             log={"format": "json"})
     config = settings_file(settings, tmp_path / "daemon.yaml")
 
@@ -223,13 +224,13 @@ def test_a_message_that_kills_the_daemon_is_dead_lettered_instead_of_looping(
     assert header(letter, "avindex.error.reason") == "crashed_decoder"
     assert "died 2 times" in header(letter, "avindex.error.message")
     assert letter.value == clips[5].read_bytes()  # the original message, intact
-    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    store = EdgeStore(tmp_path / "qdrant")
     try:
-        [collection] = [c.name for c in client.get_collections().collections]
-        assert client.count(collection).count == n - 1
-        assert client.retrieve(collection, [point_id("killer")]) == []
+        [collection] = store.collections()
+        assert store.count(collection) == n - 1
+        assert store.retrieve(collection, [point_id("killer")]) == []
     finally:
-        client.close()
+        store.close()
 
 
 # --------------------------------------------------------- finding 5: a host that drips
@@ -319,7 +320,7 @@ def test_a_dripping_claim_check_host_costs_one_dead_letter_not_the_daemon(
 @pytest.mark.parametrize("name", ["has space", "semi;colon", "", "..", "x" * 250, "ünï"])
 def test_illegal_topic_names_are_refused_at_start(model_dir, name):
     s = Settings()
-    s.model.dir, s.qdrant.location = str(model_dir), ":memory:"
+    s.model.dir, s.qdrant.url = str(model_dir), "http://qdrant:6333"
     s.kafka.dead_letter_topic = name
     with pytest.raises(SettingsError, match="dead_letter_topic"):
         s.validate()

@@ -25,7 +25,7 @@ TIMEOUT_S = 3.0  # http.request_timeout_s of this daemon: the total deadline for
 
 
 @pytest.fixture(scope="module")
-def daemon(broker, model_dir, clips, media_root):
+def daemon(broker, model_dir, clips, media_root, tmp_path_factory):
     link = media_root / "hardening-link.mp4"
     if not link.exists():
         link.symlink_to(clips[0])
@@ -33,6 +33,7 @@ def daemon(broker, model_dir, clips, media_root):
     broker.create_topic(topic)
     settings = settings_for(model_dir, broker.bootstrap, topic, group="g-hardening",
                             dlq="hardening-dlq", media={"allowed_roots": [str(media_root)]},
+                            edge=tmp_path_factory.mktemp("hardening") / "edge",
                             http={"max_upload_bytes": 400_000, "search_concurrency": 1,
                                   "request_timeout_s": TIMEOUT_S,
                                   "allowed_hosts": ["127.0.0.1", "localhost"]})

@@ -1,12 +1,15 @@
 """The pipeline's own logic: batching across messages, one outcome per message, and telling a
 poison item from a broken encoder or a rejected point from an unavailable Qdrant.
 
-The model, the decoder and Qdrant (local mode) are real. The dead-letter writer is a list (the
-Kafka side is covered end to end elsewhere), and faults are injected by small wrappers.
+The model, the decoder and the vector store (Qdrant Edge in a temporary folder; the server
+engine over qdrant-client's local mode where a server's answers are the point) are real. The
+dead-letter writer is a list (the Kafka side is covered end to end elsewhere), and faults are
+injected by small wrappers.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -27,6 +30,8 @@ from avindex.daemon.offsets import OffsetTracker
 from avindex.daemon.pipeline import Job, Pipeline
 from avindex.daemon.retry import Backoff
 from avindex.daemon.sink import QdrantSink, point_id
+from avindex.daemon.store_edge import EdgeStore
+from avindex.daemon.store_server import ServerStore
 
 
 class DeadLetters:
@@ -36,7 +41,7 @@ class DeadLetters:
         self.sent: list[tuple[str, str, str]] = []
 
     def send(self, record, *, reason, stage, message, exception) -> None:
-        self.sent.append((record.key.decode(), stage, reason))
+        self.sent.append((record.key.decode() if record.key else None, stage, reason))
 
 
 class PoisonEncoder:
@@ -59,6 +64,21 @@ class PoisonEncoder:
         return getattr(self._encoder, name)
 
 
+class RejectingStore:
+    """A real engine, except that upserts containing one media id fail with `error`."""
+
+    def __init__(self, store, rejected: str, error: Exception) -> None:
+        self._store, self.rejected, self.error = store, rejected, error
+
+    def upsert(self, collection, points):
+        if any(p.media_id == self.rejected for p in points):
+            raise self.error
+        return self._store.upsert(collection, points)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
 class RejectingClient:
     """The real local-mode client, except that upserts containing one point id get a 400."""
 
@@ -75,14 +95,14 @@ class RejectingClient:
 
 
 @pytest.fixture
-def setup(model_dir):
+def setup(model_dir, tmp_path):
     model = load_model_dir(model_dir)
     encoder = Encoder(model, device="cpu", max_batch=8)
     encoder.warm_up()
 
-    def build(clips, encoder_wrapper=None, client=None):
-        client = client or QdrantClient(location=":memory:")
-        sink = QdrantSink(client, model_version=model.model_version, embedding_dim=8,
+    def build(clips, encoder_wrapper=None, store=None, fetcher=None, **options):
+        store = store or EdgeStore(tmp_path / f"edge-{time.monotonic_ns()}")
+        sink = QdrantSink(store, model_version=model.model_version, embedding_dim=8,
                           distance="Cosine", modalities=list(model.graphs))
         sink.connect()
         acks: list = []
@@ -90,14 +110,15 @@ def setup(model_dir):
         health = Health()
         pipeline = Pipeline(
             model=model, encoder=encoder_wrapper or encoder, sink=sink, dead_letters=dead,
-            fetcher=Fetcher([], [], 1, 10**6), limits=DecodeLimits(), metrics=Metrics(),
+            fetcher=fetcher or Fetcher([], [], 1, 10**6), limits=DecodeLimits(),
+            metrics=Metrics(),
             health=health, on_done=acks.append, intake_size=64, embed_queue=16,
-            decode_workers=2, max_batch=8, backoff=Backoff(0.05, 0.2))
+            decode_workers=2, max_batch=8, backoff=Backoff(0.05, 0.2), **options)
         tracker = OffsetTracker()
         jobs = [Job(record=Record("t", 0, i, f"m{i}".encode(), path.read_bytes(),
                                   (("content-type", b"video/mp4"),)),
                     token=tracker.track("t/0", i)) for i, path in enumerate(clips)]
-        return pipeline, jobs, acks, dead, client, sink, health
+        return pipeline, jobs, acks, dead, store, sink, health
 
     return model, encoder, build
 
@@ -127,7 +148,7 @@ def test_batches_span_messages_and_every_message_is_acknowledged_once(setup, cli
     decoding outrunning inference."""
     _, encoder, build = setup
     gated = GatedEncoder(encoder)
-    pipeline, jobs, acks, dead, client, sink, _ = build(clips[:40], gated)
+    pipeline, jobs, acks, dead, store, sink, _ = build(clips[:40], gated)
     for job in jobs:
         pipeline.submit(job)
     pipeline.start()
@@ -143,7 +164,7 @@ def test_batches_span_messages_and_every_message_is_acknowledged_once(setup, cli
         pipeline.join(5)
     assert len(acks) == 40 and len(set(acks)) == 40 and dead.sent == []
     assert pipeline.pending == 0
-    assert client.count(sink.collection).count == 40
+    assert store.count(sink.collection) == 40
     sizes = {m: [n for mod, n in gated.calls if mod == m] for m in ("visual", "audio")}
     # every 10th clip has no audio and every 10th no video: 36 items of each modality
     assert sum(sizes["audio"]) == 36 and sum(sizes["visual"]) == 36
@@ -157,7 +178,7 @@ def test_batches_span_messages_and_every_message_is_acknowledged_once(setup, cli
 def test_item_that_breaks_inference_is_dead_lettered_and_the_rest_indexed(setup, clips):
     model, encoder, build = setup
     poison = decode_media(clips[3], model.visual_spec(), model.audio_spec()).frames
-    pipeline, jobs, acks, dead, client, sink, _ = build(clips[:12], PoisonEncoder(encoder, poison))
+    pipeline, jobs, acks, dead, store, sink, _ = build(clips[:12], PoisonEncoder(encoder, poison))
     pipeline.start()
     try:
         for job in jobs:
@@ -167,15 +188,15 @@ def test_item_that_breaks_inference_is_dead_lettered_and_the_rest_indexed(setup,
         pipeline.abort()
         pipeline.join(5)
     assert dead.sent == [("m3", "inference", "inference_error")]
-    assert client.count(sink.collection).count == 11
-    assert client.retrieve(sink.collection, [point_id("m3")]) == []
+    assert store.count(sink.collection) == 11
+    assert store.retrieve(sink.collection, [point_id("m3")]) == []
 
 
 def test_broken_encoder_is_retried_not_blamed_on_items(setup, clips):
     _, encoder, build = setup
     flaky = PoisonEncoder(encoder)
     flaky.broken.set()
-    pipeline, jobs, acks, dead, client, sink, health = build(clips[:5], flaky)
+    pipeline, jobs, acks, dead, store, sink, health = build(clips[:5], flaky)
     pipeline.start()
     try:
         for job in jobs:
@@ -190,14 +211,22 @@ def test_broken_encoder_is_retried_not_blamed_on_items(setup, clips):
     finally:
         pipeline.abort()
         pipeline.join(5)
-    assert dead.sent == [] and client.count(sink.collection).count == 5
+    assert dead.sent == [] and store.count(sink.collection) == 5
     assert health.liveness()[0] is True
 
 
-def test_point_rejected_by_qdrant_is_dead_lettered_alone(setup, clips):
+@pytest.mark.parametrize("engine", ["server", "edge"])
+def test_point_rejected_by_the_store_is_dead_lettered_alone(setup, clips, engine, tmp_path):
+    """A 400 from a server, or Edge's own validation error, blames one point: only it is
+    dead-lettered, the other nine of its batches are indexed."""
     _, _, build = setup
-    client = RejectingClient(QdrantClient(location=":memory:"), point_id("m2"))
-    pipeline, jobs, acks, dead, _, sink, _ = build(clips[:10], client=client)
+    if engine == "server":
+        rejecting = ServerStore(RejectingClient(QdrantClient(location=":memory:"),
+                                                point_id("m2")))
+    else:
+        rejecting = RejectingStore(EdgeStore(tmp_path / "edge"), "m2",
+                                   Exception("Vector dimension error: expected dim: 8, got 3"))
+    pipeline, jobs, acks, dead, store, sink, _ = build(clips[:10], store=rejecting)
     for job in jobs:
         pipeline.submit(job)
     pipeline.start()
@@ -207,7 +236,7 @@ def test_point_rejected_by_qdrant_is_dead_lettered_alone(setup, clips):
         pipeline.abort()
         pipeline.join(5)
     assert dead.sent == [("m2", "upsert", "rejected")]
-    assert client.count(sink.collection).count == 9
+    assert store.count(sink.collection) == 9
 
 
 def test_abort_drops_work_without_acknowledging_it(setup, clips):
@@ -222,3 +251,72 @@ def test_abort_drops_work_without_acknowledging_it(setup, clips):
     pipeline.abort()
     pipeline.join(5)
     assert acks == [] and dead.sent == [] and pipeline.pending == 4
+
+
+class SlowFetcher(Fetcher):
+    """The real fetcher (files under the clips' folder), holding `slow` URIs for a while: an
+    upsert that decodes slowly, so a later message of the same key would overtake it."""
+
+    def __init__(self, root, slow: set[str], delay_s: float = 1.0) -> None:
+        super().__init__([str(root)], [], 1, 10**7)
+        self.slow, self.delay_s = slow, delay_s
+
+    def fetch(self, uri):
+        if uri in self.slow:
+            time.sleep(self.delay_s)
+        return super().fetch(uri)
+
+
+def _envelope(tracker, offset: int, media_id: str, path) -> Job:
+    value = json.dumps({"id": media_id, "uri": path.as_uri()}).encode()
+    return Job(record=Record("t", 0, offset, media_id.encode(), value,
+                             (("content-type", b"application/json"),)),
+               token=tracker.track("t/0", offset))
+
+
+def _tombstone(tracker, offset: int, key: bytes | None) -> Job:
+    return Job(record=Record("t", 0, offset, key, None), token=tracker.track("t/0", offset))
+
+
+def test_same_key_messages_apply_in_order_so_a_tombstone_wins(setup, clips):
+    """m1's upsert decodes slowly; its tombstone (next offset) and m2's upsert come right
+    after. The delete waits for m1's upsert and then removes it; m2 is not held up by m1.
+    A tombstone before an upsert of the same key leaves the point there (m3)."""
+    _, _, build = setup
+    fetcher = SlowFetcher(clips[0].parent, {clips[1].as_uri()})
+    pipeline, _, acks, dead, store, sink, _ = build([], fetcher=fetcher)
+    tracker = OffsetTracker()
+    jobs = [_envelope(tracker, 0, "m1", clips[1]), _tombstone(tracker, 1, b"m1"),
+            _envelope(tracker, 2, "m2", clips[2]),
+            _tombstone(tracker, 3, b"m3"), _envelope(tracker, 4, "m3", clips[3])]
+    pipeline.start()
+    try:
+        for job in jobs:
+            pipeline.submit(job)
+        wait_for(lambda: len(acks) == 5, 30, what="5 acknowledgements")
+    finally:
+        pipeline.abort()
+        pipeline.join(5)
+    assert dead.sent == [] and pipeline.pending == 0
+    assert store.retrieve(sink.collection, [point_id("m1")]) == []
+    assert len(store.retrieve(sink.collection, [point_id("m2"), point_id("m3")])) == 2
+    assert acks.index(jobs[2].token) < acks.index(jobs[0].token)  # m2 did not wait for m1
+    assert acks.index(jobs[0].token) < acks.index(jobs[1].token)
+    assert pipeline.metrics.registry.get_sample_value(
+        "avindex_messages_deleted_total", {"topic": "t"}) == 2
+
+
+def test_tombstones_can_be_dead_lettered_instead(setup, clips):
+    _, _, build = setup
+    pipeline, _, acks, dead, *_ = build([], tombstones="dead_letter")
+    tracker = OffsetTracker()
+    pipeline.start()
+    try:
+        pipeline.submit(_tombstone(tracker, 0, b"m1"))
+        pipeline.submit(_tombstone(tracker, 1, None))
+        wait_for(lambda: len(acks) == 2, 30, what="2 acknowledgements")
+    finally:
+        pipeline.abort()
+        pipeline.join(5)
+    assert sorted(dead.sent, key=str) == sorted(
+        [("m1", "parse", "tombstone"), (None, "parse", "missing_id")], key=str)

@@ -1,7 +1,7 @@
 """The daemon as a real process: real signals, kill -9 and restart, start-up failures.
 
-Qdrant is local mode on disk (`path=`), which one process may own at a time: the test opens the
-folder only after the daemon process has exited.
+The store is Qdrant Edge on disk (`qdrant.path`), which one process may own at a time: the test
+opens the folder only after the daemon process has exited (or was killed).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from daemon_harness import (
     settings_for,
     wait_for,
 )
-from qdrant_client import QdrantClient
 
+from avindex.daemon.store_edge import EdgeStore
 from avindex.tools.kafka_admin import free_port
 
 
@@ -40,7 +40,7 @@ def start_process(tmp_path, model_dir, broker, names, media_server, qdrant_dir, 
                   **sections) -> DaemonProcess:
     port = free_port()
     sections.setdefault("media", {})["allowed_hosts"] = [media_server]
-    sections["qdrant"] = {"location": None, "path": str(qdrant_dir), **sections.get("qdrant", {})}
+    sections["qdrant"] = {"url": None, "path": str(qdrant_dir), **sections.get("qdrant", {})}
     settings = settings_for(
         model_dir, broker.bootstrap, names["topic"], group=names["group"], dlq=names["dlq"],
         http={"port": port}, log={"format": "json"}, **sections)
@@ -49,17 +49,18 @@ def start_process(tmp_path, model_dir, broker, names, media_server, qdrant_dir, 
 
 
 def stored(qdrant_dir) -> list:
-    client = QdrantClient(path=str(qdrant_dir))
+    """Every point in the (only) collection of an Edge folder no process holds."""
+    store = EdgeStore(qdrant_dir)
     try:
-        name = next(c.name for c in client.get_collections().collections)
+        name = store.collections()[0]
         points, offset = [], None
         while True:
-            batch, offset = client.scroll(name, limit=256, offset=offset)
+            batch, offset = store.scroll(name, limit=256, offset=offset)
             points += batch
             if offset is None:
                 return points
     finally:
-        client.close()
+        store.close()
 
 
 @pytest.mark.parametrize(("deadline", "delay"), [(20.0, 0.1), (1.0, 1.5)],
@@ -136,10 +137,17 @@ def test_kill_9_and_restart_lose_nothing_and_duplicate_nothing(
     try:
         wait_for(lambda: first.metric("avindex_messages_indexed_total") >= 20, 60,
                  what="first daemon indexing")
+        # on Edge a commit waits for a flush (qdrant.flush_interval_s): kill once one happened
+        wait_for(lambda: any(committed(broker.bootstrap, names["group"], topic, 3).values()),
+                 60, interval=0.3, what="a first commit")
     finally:
         first.kill()  # SIGKILL: no drain, no commit, no goodbye to the group
     before = committed(broker.bootstrap, names["group"], topic, 3)
-    assert before != ends
+    assert before != ends and any(before.values())
+    # durability before commit: every message below a committed offset has its point on disk
+    # in the Edge folder the killed process left behind (WAL recovery on open)
+    after_kill = {(p.payload["partition"], p.payload["offset"]) for p in stored(qdrant_dir)}
+    assert {(p, o) for p, end in before.items() for o in range(end or 0)} <= after_kill
     second = start_process(tmp_path, model_dir, broker, names, media_server, qdrant_dir,
                            "second")
     try:

@@ -1,6 +1,7 @@
-"""`avindex reindex` against the real Tansu broker and qdrant-client local mode: a new model
-version's collection is filled up to the end offsets seen at start, then the alias moves to it
-in one call; interrupted, it exits non-zero and leaves the alias alone."""
+"""`avindex reindex` against the real Tansu broker, on the server engine (qdrant-client local
+mode) and on Qdrant Edge: a new model version's collection is filled up to the end offsets seen
+at start, then the alias moves to it in one call; interrupted, it exits non-zero and leaves the
+alias alone. (Tombstones and migration between engines: test_daemon_tombstones.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import sys
 import threading
 
 from daemon_harness import (
-    LockedClient,
     committed,
     produce,
     settings_file,
@@ -27,6 +27,8 @@ from avindex.daemon.kafka_probe import end_offsets
 from avindex.daemon.model_dir import load_model_dir
 from avindex.daemon.reindex import EXIT_INCOMPLETE, reindex_daemon
 from avindex.daemon.sink import QdrantSink
+from avindex.daemon.store_edge import EdgeStore
+from avindex.daemon.store_server import ServerStore
 
 
 def envelope(i: int, uri: str) -> tuple:
@@ -35,10 +37,12 @@ def envelope(i: int, uri: str) -> tuple:
             [("content-type", b"application/json")])
 
 
-def old_collection_behind_alias(client, model_dir) -> str:
+def old_collection_behind_alias(store, model_dir) -> str:
     """What the running daemons have built: the old model's collection, the alias on it."""
     model = load_model_dir(model_dir)
-    sink = QdrantSink(client, model_version=model.model_version,
+    if isinstance(store, QdrantClient):
+        store = ServerStore(store)
+    sink = QdrantSink(store, model_version=model.model_version,
                       embedding_dim=model.embedding_dim, distance=model.distance,
                       modalities=list(model.graphs), alias_policy="always")
     sink.connect()
@@ -93,7 +97,7 @@ def test_reindex_fills_the_new_collection_then_switches_the_alias_in_one_call(
     settings = settings_for(new_dir, broker.bootstrap, topic, group=names["group"],
                             dlq=names["dlq"], media={"allowed_roots": [str(media_root)]})
     spy = AliasSpy(client)
-    reindexer = reindex_daemon(settings, switch_alias=True, qdrant_client=LockedClient(spy))
+    reindexer = reindex_daemon(settings, switch_alias=True, qdrant_client=spy)
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(reindexer.run()), daemon=True)
     thread.start()
@@ -127,8 +131,7 @@ def test_a_retried_reindex_resumes_from_the_committed_offsets_and_then_switches(
         settings = settings_for(new_dir, broker.bootstrap, topic, group=names["group"],
                                 dlq=names["dlq"], media={"allowed_roots": [str(media_root)]})
         result: list[int] = []
-        reindexer = reindex_daemon(settings, switch_alias=switch,
-                                   qdrant_client=LockedClient(client))
+        reindexer = reindex_daemon(settings, switch_alias=switch, qdrant_client=client)
         thread = threading.Thread(target=lambda: result.append(reindexer.run()), daemon=True)
         thread.start()
         thread.join(120)
@@ -148,16 +151,16 @@ def test_reindex_interrupted_by_sigterm_exits_non_zero_and_leaves_the_alias(
     topic, n = names["topic"], 20
     broker.create_topic(topic, partitions=2)
     qdrant_path = tmp_path / "qdrant"
-    client = QdrantClient(path=str(qdrant_path))
-    old = old_collection_behind_alias(client, model_dir)
-    client.close()
+    store = EdgeStore(qdrant_path)
+    old = old_collection_behind_alias(store, model_dir)
+    store.close()
     produce(broker.bootstrap, topic,
             [envelope(i, f"http://{media_server}/slow/2/{clips[i].relative_to(media_root)}")
              for i in range(n)])
     new_dir = build_model_dir(tmp_path / "next", seed=1)
     settings = settings_for(new_dir, broker.bootstrap, topic, group=names["group"],
                             dlq=names["dlq"], media={"allowed_hosts": [media_server]},
-                            qdrant={"location": None, "path": str(qdrant_path)},
+                            edge=qdrant_path,
                             log={"format": "json"})
     config = settings_file(settings, tmp_path / "reindex.yaml")
     log_path = tmp_path / "reindex.log"
@@ -179,11 +182,7 @@ def test_reindex_interrupted_by_sigterm_exits_non_zero_and_leaves_the_alias(
     text = log_path.read_text(errors="replace")
     assert code == EXIT_INCOMPLETE, text
     assert "stopped before catching up" in text
-    client = QdrantClient(path=str(qdrant_path))
-    try:
-        assert alias_target(client) == old
-    finally:
-        client.close()
+    assert EdgeStore(qdrant_path).aliases() == {"avindex": old}
 
 
 def test_reindex_with_a_bad_model_directory_exits_2(broker, names, tmp_path):

@@ -1,4 +1,4 @@
-"""Cross-modal search against an index built by the real daemon (Tansu + Qdrant local mode).
+"""Cross-modal search against an index built by the real daemon (Tansu + Qdrant Edge).
 
 One daemon (in a thread, so the test can also reach its Qdrant client) indexes 40 real clips
 sent as file envelopes; then POST /search, `avindex search` and the web page (headless
@@ -187,7 +187,7 @@ def test_a_search_beyond_the_concurrency_limit_gets_503_overloaded(index, media_
 
 def test_collection_of_another_model_version_is_refused(index, tmp_path):
     other = load_model_dir(build_model_dir(tmp_path / "other", seed=5))
-    client = index.daemon.daemon.sink.client
+    client = index.daemon.daemon.sink.store
     with pytest.raises(SearchError) as info:
         Searcher(client, other, Encoder(other, device="cpu", max_batch=1),
                  index.daemon.daemon.sink.collection)
@@ -272,7 +272,7 @@ def test_cli_search_through_the_daemon(index, tmp_path):
     answer = json.loads(done.stdout)
     query = index.embed(decode_media(clip, *index.specs))["audio"]
     assert_same_ranking(answer, index.expected(query, "visual", 5))
-    # the daemon's config file (local storage) routes the CLI to the daemon's port
+    # the daemon's config names its Edge folder, which it holds: the CLI asks the daemon
     import copy
 
     settings = copy.deepcopy(index.settings)
@@ -357,16 +357,17 @@ def test_web_page_in_headless_chromium(index, tmp_path):
         browser.close()
 
 
-def test_cli_direct_against_local_storage_checks_the_model_version(broker, model_dir, clips,
-                                                                   media_root, tmp_path):
-    """After the daemon has released its storage, the CLI opens it itself, embeds the query with
-    --model and searches; a model of another version is refused."""
+def test_cli_direct_against_an_edge_folder_checks_the_model_version(broker, model_dir, clips,
+                                                                    media_root, tmp_path):
+    """While the daemon holds its Qdrant Edge folder, `avindex search --qdrant-path` says so and
+    asks the daemon; after the daemon has released it, the CLI opens it itself, embeds the query
+    with --model and searches; a model of another version is refused."""
     names = {"topic": f"direct-{time.monotonic_ns() % 10**8}", "group": "g-direct",
              "dlq": "direct-dlq"}
     storage = tmp_path / "qdrant"
     settings = settings_for(model_dir, broker.bootstrap, names["topic"], group=names["group"],
                             dlq=names["dlq"], media={"allowed_roots": [str(media_root)]},
-                            qdrant={"location": None, "path": str(storage)})
+                            edge=storage)
     chosen = clips[:12]
     messages = [(f"d-{i}".encode(), json.dumps({"id": f"d-{i}", "uri": f"file://{c}"}).encode(),
                  [("content-type", b"application/json")]) for i, c in enumerate(chosen)]
@@ -374,7 +375,14 @@ def test_cli_direct_against_local_storage_checks_the_model_version(broker, model
     url = f"http://127.0.0.1:{daemon.daemon.http_port}"
     produce(broker.bootstrap, names["topic"], messages)
     wait_for(lambda: get_json(url, "/info")[1].get("points") == len(chosen), 60, what="points")
-    assert daemon.stop() == 0
+    try:
+        held = run_cli("--qdrant-path", str(storage), "--model", str(model_dir), "--daemon",
+                       url, "--audio", str(chosen[3]), "--top-k", "4", "--json")
+    finally:
+        assert daemon.stop() == 0
+    assert held.returncode == 0, held.stderr
+    assert "in use by another process" in held.stderr and "asking that daemon" in held.stderr
+    through_daemon = json.loads(held.stdout)
     done = run_cli("--qdrant-path", str(storage), "--model", str(model_dir), "--audio",
                    str(chosen[3]), "--top-k", "4", "--json")
     assert done.returncode == 0, done.stderr
@@ -391,6 +399,8 @@ def test_cli_direct_against_local_storage_checks_the_model_version(broker, model
             expected.append((f"d-{i}", float(q @ (v / np.linalg.norm(v)))))
     expected.sort(key=lambda t: -t[1])
     assert_same_ranking(answer, expected[:4])
+    assert [h["media_id"] for h in answer["results"]] == [
+        h["media_id"] for h in through_daemon["results"]]
     assert answer["collection"] == f"avindex-{model.model_version}"
     other = build_model_dir(tmp_path / "other", seed=3)
     done = run_cli("--qdrant-path", str(storage), "--model", str(other), "--audio",

@@ -349,13 +349,12 @@ def test_serve_liveness_never_depends_on_qdrant(cold_serve):
 
 def test_avindex_serve_process_answers_and_stops_on_sigterm(broker, model_dir, clips,
                                                            media_root, tmp_path):
-    """`avindex serve --config F` as a real process on local storage the daemon wrote (and
-    released), searched with the client; SIGTERM stops it with 0."""
+    """`avindex serve --config F` as a real process on the Qdrant Edge folder the daemon wrote
+    (and released), searched with the client; SIGTERM stops it with 0."""
     topic = f"serve-{time.monotonic_ns() % 10**8}"
     storage = tmp_path / "qdrant"
     settings = settings_for(model_dir, broker.bootstrap, topic, group="g-serve", dlq="serve-dlq",
-                            media={"allowed_roots": [str(media_root)]},
-                            qdrant={"location": None, "path": str(storage)})
+                            media={"allowed_roots": [str(media_root)]}, edge=storage)
     chosen = clips[:10]
     daemon = DaemonThread(settings, None).start()
     produce(broker.bootstrap, topic, [

@@ -16,13 +16,13 @@ from avindex.daemon.settings import (
     reference_markdown,
 )
 
-BASE = {"AVINDEX_MODEL_DIR": "/models/m", "AVINDEX_QDRANT_LOCATION": ":memory:"}
+BASE = {"AVINDEX_MODEL_DIR": "/models/m", "AVINDEX_QDRANT_PATH": "/var/lib/avindex/qdrant"}
 
 
 def test_defaults_file_then_environment_win(tmp_path):
     cfg = tmp_path / "avindex.yaml"
     cfg.write_text("kafka:\n  topics: [a, b]\n  max_in_flight: 10\n"
-                   "qdrant:\n  location: ':memory:'\nmodel:\n  dir: /from/file\n")
+                   "qdrant:\n  url: http://qdrant:6333\nmodel:\n  dir: /from/file\n")
     env = {"AVINDEX_KAFKA_MAX_IN_FLIGHT": "20", "AVINDEX_MEDIA_ALLOWED_ROOTS": "/a, /b",
            "AVINDEX_MODEL_FP16": "yes"}
     s, warnings = load_settings(cfg, env)
@@ -51,7 +51,26 @@ def test_unknown_keys_and_bad_values_are_named(tmp_path):
     with pytest.raises(SettingsError, match=r"exactly one of qdrant\.url"):
         load_settings(None, {**BASE, "AVINDEX_QDRANT_URL": "http://q:6333"})
     with pytest.raises(SettingsError, match=r"model\.dir is required"):
-        load_settings(None, {"AVINDEX_QDRANT_LOCATION": ":memory:"})
+        load_settings(None, {"AVINDEX_QDRANT_PATH": "/q"})
+
+
+def test_payload_indexes_and_tombstones(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("qdrant:\n  payload_indexes:\n    metadata.language: keyword\n"
+                   "    metadata.recorded_at: datetime\n")
+    s, _ = load_settings(cfg, BASE)
+    assert s.qdrant.payload_indexes == {"metadata.language": "keyword",
+                                        "metadata.recorded_at": "datetime"}
+    assert s.kafka.tombstones == "delete"  # the default
+    for raw in ('{"metadata.n": "integer"}', "metadata.n=integer"):
+        s, _ = load_settings(None, {**BASE, "AVINDEX_QDRANT_PAYLOAD_INDEXES": raw})
+        assert s.qdrant.payload_indexes == {"metadata.n": "integer"}
+    with pytest.raises(SettingsError, match=r"payload_indexes\['metadata.n'\] must be one of"):
+        load_settings(None, {**BASE, "AVINDEX_QDRANT_PAYLOAD_INDEXES": "metadata.n=number"})
+    with pytest.raises(SettingsError, match=r"kafka.tombstones must be delete or dead_letter"):
+        load_settings(None, {**BASE, "AVINDEX_KAFKA_TOMBSTONES": "ignore"})
+    s, _ = load_settings(None, {**BASE, "AVINDEX_KAFKA_TOMBSTONES": "dead_letter"})
+    assert s.kafka.tombstones == "dead_letter"
 
 
 def test_unknown_prefixed_variables_warn_instead_of_failing():

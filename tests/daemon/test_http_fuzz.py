@@ -33,7 +33,7 @@ from avindex.daemon.metrics import Metrics
 from avindex.daemon.model_dir import load_model_dir
 from avindex.daemon.search import Searcher
 from avindex.daemon.settings import Settings
-from avindex.daemon.sink import SerialClient
+from avindex.daemon.store_server import ServerStore
 
 SHORT = settings(max_examples=120, deadline=None, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -159,7 +159,7 @@ def api(model_dir):
     s.http.max_upload_bytes, s.http.request_timeout_s = 200_000, 5.0
     s.http.api_keys = ["fuzz-key-0123456789"]
     api = Api(s, Metrics(), Health())
-    api.attach(Searcher(SerialClient(client), model, Encoder(model, device="cpu", max_batch=1),
+    api.attach(Searcher(ServerStore(client), model, Encoder(model, device="cpu", max_batch=1),
                         collection, max_top_k=50))
     yield api
     api.service.close()

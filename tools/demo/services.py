@@ -69,14 +69,17 @@ class Services:
                       "heartbeat_interval_ms": 1000},
             "media": {"allowed_roots": media_roots},
             "qdrant": {**qdrant, "collection_prefix": "avindex-demo", "alias": "avindex-demo",
-                       "alias_policy": "always"},
+                       "alias_policy": "always",
+                       "payload_indexes": {"metadata.label": "keyword",
+                                           "metadata.language": "keyword"}},
             "http": {"host": "127.0.0.1", "port": port, "max_top_k": max_top_k},
             "log": {"format": "json"},
         }
         path = self.state / "daemon.yaml"
         path.write_text(yaml.safe_dump(config))
         self.url = f"http://127.0.0.1:{port}"
-        with step("starting the daemon (ONNX sessions, warm-up, Qdrant collection)", 90):
+        engine = "Qdrant collection" if qdrant_url else "Qdrant Edge collection"
+        with step(f"starting the daemon (ONNX sessions, warm-up, {engine})", 90):
             env = {k: v for k, v in os.environ.items() if not k.startswith("AVINDEX_")}
             daemon = ChildProcess("daemon", [sys.executable, "-m", "avindex.tools.cli", "run",
                                              "--config", str(path)],

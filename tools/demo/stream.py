@@ -1,9 +1,8 @@
-"""Streaming the demo set: claim-check envelopes into the topic, then watching the daemon's
-metrics until every clip is indexed or dead-lettered."""
+"""Streaming the demo set: claim-check envelopes into the topic (`avindex produce`'s code), then
+watching the daemon's metrics until every clip is indexed or dead-lettered."""
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 from pathlib import Path
@@ -20,18 +19,20 @@ DEAD = "avindex_messages_dead_lettered_total"
 
 
 def produce(bootstrap: str, topic: str, rows: list[dict]) -> None:
-    from kafka import KafkaProducer
+    """What `avindex produce MANIFEST.csv --by-reference` sends, for the chosen rows."""
+    from avindex.daemon.settings import KafkaSettings
+    from avindex.tools.produce import Item, Limits, encode, producer_for, send
 
     with step(f"producing {len(rows)} clips to {topic} (claim-check envelopes)",
               10 + len(rows) * 0.01):
-        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
+        limits = Limits()
+        items = [Item(row["id"], Path(row["path"]), {k: row[k] for k in METADATA_FIELDS})
+                 for row in rows]
+        messages = [(i.media_id.encode(), *encode(i, by_reference=True, root=None,
+                                                  limits=limits)) for i in items]
+        producer = producer_for(KafkaSettings(bootstrap_servers=[bootstrap]), limits)
         try:
-            for row in rows:
-                envelope = {"id": row["id"], "uri": Path(row["path"]).as_uri(),
-                            "metadata": {k: row[k] for k in METADATA_FIELDS}}
-                producer.send(topic, key=row["id"].encode(), value=json.dumps(envelope).encode(),
-                              headers=[("content-type", b"application/json")])
-            producer.flush(60)
+            send(producer, topic, messages, progress=False)
         finally:
             producer.close(10)
 
